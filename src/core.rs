@@ -1,0 +1,16 @@
+//! The pure engine: records and field access, queries, indexes and the planner, the write
+//! reducer, relations. No Bevy, no IO, no async: the server reuses all of it.
+
+mod fields;
+mod index;
+mod planner;
+pub mod query;
+mod table;
+mod value;
+
+pub use fields::{FieldList, Fields, JsonRecord, JsonRecordError, Keyed, Record, RecordId, ToValue};
+pub use index::{IndexKind, IndexSpec};
+pub use planner::{Access, Explain, IndexUse, QueryPage};
+pub use query::{Compiled, Dir, Filter, Page, PageInfo, Query, QueryError, Sort, TextMode, field};
+pub use table::{Change, Entry, Table};
+pub use value::{Key, Value};

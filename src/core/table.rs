@@ -1,0 +1,218 @@
+//! The records of one store with their versions and indexes.
+//!
+//! Records live in slots; indexes hold slot numbers. [`Table::apply`] is the only way records
+//! change: it takes a commit's changed records and updates each index once, touching only the
+//! indexes whose field changed.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+
+use crate::core::fields::Keyed;
+use crate::core::index::{FieldIndex, IndexSpec};
+
+/// A stored record and its server version (0: never confirmed by a server).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry<R> {
+    /// The record.
+    pub record: R,
+    /// The server version.
+    pub version: u64,
+}
+
+impl<R> Entry<R> {
+    /// An entry.
+    pub fn new(record: R, version: u64) -> Self {
+        Self { record, version }
+    }
+}
+
+/// A change to one record: its state after the commit (`None`: deleted).
+pub type Change<R> = (<R as Keyed>::Id, Option<Entry<R>>);
+
+/// The records of a store, indexed.
+pub struct Table<R: Keyed> {
+    pub(crate) slots: Vec<Option<Entry<R>>>,
+    pub(crate) by_id: HashMap<R::Id, u32>,
+    free: Vec<u32>,
+    pub(crate) indexes: Vec<FieldIndex>,
+}
+
+impl<R: Keyed> Default for Table<R> {
+    fn default() -> Self {
+        Self { slots: Vec::new(), by_id: HashMap::new(), free: Vec::new(), indexes: Vec::new() }
+    }
+}
+
+impl<R: Keyed + std::fmt::Debug> std::fmt::Debug for Table<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table")
+            .field("len", &self.len())
+            .field("indexes", &self.index_specs().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+pub(crate) fn cmp_slot_ids<R: Keyed>(slots: &[Option<Entry<R>>], a: u32, b: u32) -> Ordering {
+    match (slots.get(a as usize).and_then(Option::as_ref), slots.get(b as usize).and_then(Option::as_ref)) {
+        (Some(x), Some(y)) => x.record.id().cmp(y.record.id()),
+        _ => a.cmp(&b),
+    }
+}
+
+impl<R: Keyed> Table<R> {
+    /// An empty table with these indexes.
+    pub fn new(indexes: impl IntoIterator<Item = IndexSpec>) -> Self {
+        let mut t = Self::default();
+        for spec in indexes {
+            t.add_index(spec);
+        }
+        t
+    }
+
+    /// Adds an index (built over the current records). Adding one that exists does nothing.
+    pub fn add_index(&mut self, spec: IndexSpec) {
+        if self.indexes.iter().any(|i| i.spec == spec) {
+            return;
+        }
+        let mut index = FieldIndex::new(spec);
+        let slots = &self.slots;
+        let by_id = |a, b| cmp_slot_ids(slots, a, b);
+        // Insert in id order so that id-ordered postings append.
+        let mut order: Vec<u32> = (0..slots.len() as u32).filter(|&s| slots[s as usize].is_some()).collect();
+        order.sort_by(|&a, &b| by_id(a, b));
+        for s in order {
+            if let Some(e) = &slots[s as usize] {
+                index.insert(s, &e.record, &by_id);
+            }
+        }
+        self.indexes.push(index);
+    }
+
+    /// The indexes this table keeps.
+    pub fn index_specs(&self) -> impl Iterator<Item = &IndexSpec> {
+        self.indexes.iter().map(|i| &i.spec)
+    }
+
+    /// The number of records.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Whether there are no records.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// The record with this id.
+    pub fn get(&self, id: &R::Id) -> Option<&R> {
+        self.entry(id).map(|e| &e.record)
+    }
+
+    /// The record with this id and its version.
+    pub fn entry(&self, id: &R::Id) -> Option<&Entry<R>> {
+        let slot = *self.by_id.get(id)?;
+        self.slots.get(slot as usize)?.as_ref()
+    }
+
+    /// Whether a record with this id is present.
+    pub fn contains(&self, id: &R::Id) -> bool {
+        self.by_id.contains_key(id)
+    }
+
+    /// All records and versions, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Entry<R>> {
+        self.slots.iter().filter_map(Option::as_ref)
+    }
+
+    pub(crate) fn slot(&self, s: u32) -> Option<&Entry<R>> {
+        self.slots.get(s as usize).and_then(Option::as_ref)
+    }
+
+    /// Applies a commit: each change sets (or with `None` deletes) one record; each index is
+    /// updated once per changed record, and only where its field changed.
+    ///
+    /// Returns how many records changed.
+    pub fn apply(&mut self, changes: impl IntoIterator<Item = Change<R>>) -> usize {
+        let mut n = 0;
+        for (id, next) in changes {
+            n += 1;
+            match (self.by_id.get(&id).copied(), next) {
+                (Some(slot), Some(next)) => self.replace(slot, next),
+                (Some(slot), None) => self.delete(slot, &id),
+                (None, Some(next)) => self.insert(id, next),
+                (None, None) => n -= 1,
+            }
+        }
+        n
+    }
+
+    fn replace(&mut self, slot: u32, next: Entry<R>) {
+        let Some(old) = self.slots[slot as usize].take() else { return };
+        let changed: Vec<bool> = self.indexes.iter().map(|i| i.changed(&old.record, &next.record)).collect();
+        // Remove with the old record in place (id-ordered postings compare against it).
+        self.slots[slot as usize] = Some(old);
+        {
+            let slots = &self.slots;
+            let by_id = |a, b| cmp_slot_ids(slots, a, b);
+            for (index, _) in self.indexes.iter_mut().zip(&changed).filter(|(_, c)| **c) {
+                if let Some(e) = &slots[slot as usize] {
+                    index.remove(slot, &e.record, &by_id);
+                }
+            }
+        }
+        self.slots[slot as usize] = Some(next);
+        let slots = &self.slots;
+        let by_id = |a, b| cmp_slot_ids(slots, a, b);
+        for (index, _) in self.indexes.iter_mut().zip(&changed).filter(|(_, c)| **c) {
+            if let Some(e) = &slots[slot as usize] {
+                index.insert(slot, &e.record, &by_id);
+            }
+        }
+    }
+
+    fn delete(&mut self, slot: u32, id: &R::Id) {
+        {
+            let slots = &self.slots;
+            let by_id = |a, b| cmp_slot_ids(slots, a, b);
+            if let Some(e) = &slots[slot as usize] {
+                for index in &mut self.indexes {
+                    index.remove(slot, &e.record, &by_id);
+                }
+            }
+        }
+        self.slots[slot as usize] = None;
+        self.by_id.remove(id);
+        self.free.push(slot);
+    }
+
+    fn insert(&mut self, id: R::Id, next: Entry<R>) {
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slots[s as usize] = Some(next);
+                s
+            }
+            None => {
+                self.slots.push(Some(next));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.by_id.insert(id, slot);
+        let slots = &self.slots;
+        let by_id = |a, b| cmp_slot_ids(slots, a, b);
+        if let Some(e) = &slots[slot as usize] {
+            for index in &mut self.indexes {
+                index.insert(slot, &e.record, &by_id);
+            }
+        }
+    }
+
+    /// Approximate bytes the indexes hold (the records themselves excluded).
+    pub fn index_heap_size(&self) -> usize {
+        self.indexes.iter().map(FieldIndex::heap_size).sum()
+    }
+
+    /// Approximate bytes of each index, by field and kind.
+    pub fn index_sizes(&self) -> Vec<(IndexSpec, usize)> {
+        self.indexes.iter().map(|i| (i.spec.clone(), i.heap_size())).collect()
+    }
+}
