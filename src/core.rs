@@ -3,14 +3,21 @@
 
 mod fields;
 mod index;
+mod patch;
 mod planner;
 pub mod query;
+mod reducer;
 mod table;
 mod value;
 
 pub use fields::{FieldList, Fields, JsonRecord, JsonRecordError, Keyed, Record, RecordId, ToValue};
 pub use index::{IndexKind, IndexSpec};
+pub use patch::{PatchError, PatchOp, apply_patch};
 pub use planner::{Access, Explain, IndexUse, QueryPage};
 pub use query::{Compiled, Dir, Filter, Page, PageInfo, Query, QueryError, Sort, TextMode, field};
+pub use reducer::{
+    Applied, Inverse, Op, OpMeta, Origin, Plan, Segment, Settled, UpdateWith, UpsertMode, Validate, Versions,
+    WriteAction, WriteEntry, WriteError, reduce,
+};
 pub use table::{Change, Entry, Table};
 pub use value::{Key, Value};

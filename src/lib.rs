@@ -5,8 +5,8 @@ extern crate self as atoma;
 
 pub mod core;
 
-pub use atoma_derive::{FieldValue, Fields, Record};
 pub use crate::core::{FieldList, Fields, JsonRecord, Key, Keyed, Record, RecordId, ToValue, Value};
+pub use atoma_derive::{FieldValue, Fields, Record};
 
 /// Items the derive macros refer to. Not part of the public API.
 #[doc(hidden)]

@@ -38,9 +38,22 @@ fn record() -> impl Strategy<Value = Json> {
 fn leaf() -> impl Strategy<Value = Filter> {
     let fields = proptest::sample::select(&["level", "score", "guild", "name", "tags", "stats.hp", "nope"][..]);
     prop_oneof![
-        (fields.clone(), prop_oneof![(0i64..12).prop_map(Json::from), proptest::sample::select(GUILDS).prop_map(Json::from), Just(Json::Null)])
+        (
+            fields.clone(),
+            prop_oneof![
+                (0i64..12).prop_map(Json::from),
+                proptest::sample::select(GUILDS).prop_map(Json::from),
+                Just(Json::Null)
+            ]
+        )
             .prop_map(|(f, v)| field(f).eq(v)),
-        (fields.clone(), proptest::collection::vec(prop_oneof![(0i64..12).prop_map(Json::from), proptest::sample::select(GUILDS).prop_map(Json::from)], 0..3))
+        (
+            fields.clone(),
+            proptest::collection::vec(
+                prop_oneof![(0i64..12).prop_map(Json::from), proptest::sample::select(GUILDS).prop_map(Json::from)],
+                0..3
+            )
+        )
             .prop_map(|(f, v)| field(f).is_in(v)),
         (fields.clone(), -12i32..12, 0u8..4).prop_map(|(f, v, op)| {
             let v = json!(f64::from(v) / 2.0);
@@ -51,16 +64,20 @@ fn leaf() -> impl Strategy<Value = Filter> {
                 _ => field(f).lte(v),
             }
         }),
-        (fields.clone(), proptest::sample::select(&["gr", "g", "re", "red", "drag", "on", "ire", "mage f"][..]), 0u8..3).prop_map(|(f, s, op)| match op {
-            0 => field(f).starts_with(s),
-            1 => field(f).ends_with(s),
-            _ => field(f).contains(s),
-        }),
+        (
+            fields.clone(),
+            proptest::sample::select(&["gr", "g", "re", "red", "drag", "on", "ire", "mage f"][..]),
+            0u8..3
+        )
+            .prop_map(|(f, s, op)| match op {
+                0 => field(f).starts_with(s),
+                1 => field(f).ends_with(s),
+                _ => field(f).contains(s),
+            }),
         fields.clone().prop_map(|f| field(f).is_null()),
         fields.clone().prop_map(|f| field(f).exists()),
-        (fields, proptest::sample::select(WORDS), 0u8..3, any::<bool>()).prop_map(|(f, w, d, fuzzy)| {
-            if fuzzy { field(f).fuzzy(w, d) } else { field(f).matches(w) }
-        }),
+        (fields, proptest::sample::select(WORDS), 0u8..3, any::<bool>())
+            .prop_map(|(f, w, d, fuzzy)| { if fuzzy { field(f).fuzzy(w, d) } else { field(f).matches(w) } }),
     ]
 }
 
@@ -76,10 +93,11 @@ fn filter() -> impl Strategy<Value = Filter> {
 
 fn sorts() -> impl Strategy<Value = Vec<Sort>> {
     proptest::collection::vec(
-        (proptest::sample::select(&["level", "score", "guild", "name", "stats.hp", "nope"][..]), any::<bool>()).prop_map(|(f, desc)| Sort {
-            field: f.into(),
-            dir: if desc { atoma::core::Dir::Desc } else { atoma::core::Dir::Asc },
-        }),
+        (proptest::sample::select(&["level", "score", "guild", "name", "stats.hp", "nope"][..]), any::<bool>())
+            .prop_map(|(f, desc)| Sort {
+                field: f.into(),
+                dir: if desc { atoma::core::Dir::Desc } else { atoma::core::Dir::Asc },
+            }),
         0..3,
     )
 }

@@ -198,14 +198,8 @@ impl Fields for serde_json::Value {
 /// An id type: what a store is keyed by. Strings on the wire; integers, UUIDs or ULIDs in Rust.
 ///
 /// Implemented for every type that is hashable, ordered, printable and parseable.
-pub trait RecordId:
-    Clone + Eq + Hash + Ord + Debug + Display + FromStr + Send + Sync + 'static
-{
-}
-impl<T> RecordId for T where
-    T: Clone + Eq + Hash + Ord + Debug + Display + FromStr + Send + Sync + 'static
-{
-}
+pub trait RecordId: Clone + Eq + Hash + Ord + Debug + Display + FromStr + Send + Sync + 'static {}
+impl<T> RecordId for T where T: Clone + Eq + Hash + Ord + Debug + Display + FromStr + Send + Sync + 'static {}
 
 /// Something with an id and fields: what the core engine stores, indexes and queries.
 pub trait Keyed: Fields + Clone + Send + Sync + 'static {
@@ -275,6 +269,19 @@ impl JsonRecord {
     /// The record as a JSON object.
     pub fn into_body(self) -> serde_json::Map<String, serde_json::Value> {
         self.body
+    }
+}
+
+impl Serialize for JsonRecord {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.body.serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for JsonRecord {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let body = serde_json::Map::deserialize(d)?;
+        JsonRecord::new(body).map_err(serde::de::Error::custom)
     }
 }
 

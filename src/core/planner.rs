@@ -17,10 +17,10 @@ use std::str::FromStr;
 
 use crate::core::fields::Keyed;
 use crate::core::index::{FieldIndex, IndexData, IndexKind, IndexSpec};
+use crate::core::query::eval::{CmpOp, cmp_to_pos};
 use crate::core::query::{
     Compiled, CursorError, CursorPos, PageInfo, PageSpec, Pred, QueryError, SortKey, cmp_records, encode_cursor,
 };
-use crate::core::query::eval::{CmpOp, cmp_to_pos};
 use crate::core::table::{Entry, Table};
 use crate::core::value::Key;
 
@@ -314,8 +314,12 @@ impl<R: Keyed> Table<R> {
                 s.dedup();
                 exact(s)
             }
-            Pred::Eq { path, key } => self.eq_slots(path, std::slice::from_ref(key), &mut note).map(|s| Cands { slots: s, exact: true }),
-            Pred::IsNull { path } => self.eq_slots(path, &[Key::Null], &mut note).map(|s| Cands { slots: s, exact: true }),
+            Pred::Eq { path, key } => {
+                self.eq_slots(path, std::slice::from_ref(key), &mut note).map(|s| Cands { slots: s, exact: true })
+            }
+            Pred::IsNull { path } => {
+                self.eq_slots(path, &[Key::Null], &mut note).map(|s| Cands { slots: s, exact: true })
+            }
             Pred::In { path, keys } => self.eq_slots(path, keys, &mut note).map(|s| Cands { slots: s, exact: true }),
             Pred::Cmp { path, op, key } => {
                 let IndexData::Ordered(o) = &self.index(path, IndexKind::Ordered)?.data else { return None };
@@ -338,7 +342,9 @@ impl<R: Keyed> Table<R> {
                 }
                 self.ngram_slots(path, needle, &mut note)
             }
-            Pred::EndsWith { path, needle } | Pred::Contains { path, needle } => self.ngram_slots(path, needle, &mut note),
+            Pred::EndsWith { path, needle } | Pred::Contains { path, needle } => {
+                self.ngram_slots(path, needle, &mut note)
+            }
             Pred::Text { path, tokens, distance } => {
                 let IndexData::Text(t) = &self.index(path, IndexKind::Text)?.data else { return None };
                 note(path, Some(IndexKind::Text), true);
@@ -347,7 +353,12 @@ impl<R: Keyed> Table<R> {
         }
     }
 
-    fn eq_slots(&self, path: &str, keys: &[Key], note: &mut impl FnMut(&str, Option<IndexKind>, bool)) -> Option<Vec<u32>> {
+    fn eq_slots(
+        &self,
+        path: &str,
+        keys: &[Key],
+        note: &mut impl FnMut(&str, Option<IndexKind>, bool),
+    ) -> Option<Vec<u32>> {
         let lists: Vec<Vec<u32>> = if let Some(IndexData::Eq(e)) = self.index(path, IndexKind::Eq).map(|i| &i.data) {
             note(path, Some(IndexKind::Eq), true);
             keys.iter()
@@ -371,7 +382,12 @@ impl<R: Keyed> Table<R> {
         Some(union_all(lists))
     }
 
-    fn ngram_slots(&self, path: &str, needle: &str, note: &mut impl FnMut(&str, Option<IndexKind>, bool)) -> Option<Cands> {
+    fn ngram_slots(
+        &self,
+        path: &str,
+        needle: &str,
+        note: &mut impl FnMut(&str, Option<IndexKind>, bool),
+    ) -> Option<Cands> {
         let IndexData::Substring(n) = &self.index(path, IndexKind::Substring)?.data else { return None };
         let slots = n.candidates(needle)?;
         note(path, Some(IndexKind::Substring), false);
@@ -406,9 +422,9 @@ impl<R: Keyed> Table<R> {
         match (pred, within) {
             (None, None) => (0..self.slots.len() as u32).filter(|&s| self.slot(s).is_some()).collect(),
             (None, Some(w)) => w,
-            (Some(p), None) => (0..self.slots.len() as u32)
-                .filter(|&s| self.slot(s).is_some_and(|e| p.matches(&e.record)))
-                .collect(),
+            (Some(p), None) => {
+                (0..self.slots.len() as u32).filter(|&s| self.slot(s).is_some_and(|e| p.matches(&e.record))).collect()
+            }
             (Some(p), Some(mut w)) => {
                 w.retain(|&s| self.slot(s).is_some_and(|e| p.matches(&e.record)));
                 w
@@ -432,7 +448,12 @@ impl<R: Keyed> Table<R> {
             }
             Some(c) => {
                 let n = c.slots.len();
-                (self.filter_slots(q.pred.as_ref(), Some(c.slots)), Access::Candidates { count: n, exact: false }, true, n)
+                (
+                    self.filter_slots(q.pred.as_ref(), Some(c.slots)),
+                    Access::Candidates { count: n, exact: false },
+                    true,
+                    n,
+                )
             }
             None => (self.filter_slots(q.pred.as_ref(), None), Access::Scan, q.pred.is_some(), self.len()),
         };
@@ -464,7 +485,9 @@ impl<R: Keyed> Table<R> {
             PageSpec::After { limit, pos } => {
                 if let Some(pos) = pos {
                     let id = parse_id::<R>(pos)?;
-                    matched.retain(|s| self.slot(*s).is_some_and(|e| cmp_to_pos(&q.sort, &e.record, &pos.keys, &id).is_gt()));
+                    matched.retain(|s| {
+                        self.slot(*s).is_some_and(|e| cmp_to_pos(&q.sort, &e.record, &pos.keys, &id).is_gt())
+                    });
                 }
                 let n = matched.len();
                 let end = limit.map_or(n, |l| l.min(n));
@@ -477,7 +500,9 @@ impl<R: Keyed> Table<R> {
             PageSpec::Before { limit, pos } => {
                 if let Some(pos) = pos {
                     let id = parse_id::<R>(pos)?;
-                    matched.retain(|s| self.slot(*s).is_some_and(|e| cmp_to_pos(&q.sort, &e.record, &pos.keys, &id).is_lt()));
+                    matched.retain(|s| {
+                        self.slot(*s).is_some_and(|e| cmp_to_pos(&q.sort, &e.record, &pos.keys, &id).is_lt())
+                    });
                 }
                 let n = matched.len();
                 let take = limit.map_or(n, |l| l.min(n));
@@ -494,10 +519,7 @@ impl<R: Keyed> Table<R> {
     }
 
     fn token(&self, sort: &[SortKey], e: &Entry<R>) -> String {
-        let keys: Vec<Key> = sort
-            .iter()
-            .map(|k| e.record.path(&k.path).map_or(Key::Null, |v| v.to_key()))
-            .collect();
+        let keys: Vec<Key> = sort.iter().map(|k| e.record.path(&k.path).map_or(Key::Null, |v| v.to_key())).collect();
         encode_cursor(sort, &keys, &e.record.id().to_string())
     }
 
@@ -521,7 +543,7 @@ impl<R: Keyed> Table<R> {
             _ => return Ok(None),
         };
         let est = q.pred.as_ref().and_then(|p| self.estimate(p));
-        if est.is_some_and(|e| e < CAP) && q.sort.first().is_some() {
+        if est.is_some_and(|e| e < CAP) && !q.sort.is_empty() {
             return Ok(None);
         }
         let pos = match pos {
@@ -560,7 +582,8 @@ impl<R: Keyed> Table<R> {
                 (Some(k), true) => o.range(Bound::Unbounded, Bound::Included(k)),
                 (None, _) => o.range(Bound::Unbounded, Bound::Unbounded),
             };
-            let mut iter: Box<dyn Iterator<Item = &(Key, u32)>> = if reverse { Box::new(range.rev()) } else { Box::new(range) };
+            let mut iter: Box<dyn Iterator<Item = &(Key, u32)>> =
+                if reverse { Box::new(range.rev()) } else { Box::new(range) };
             // Visit groups of equal first keys; order each group by the full sort.
             let mut group: Vec<u32> = Vec::new();
             let mut pending = iter.next();
@@ -601,7 +624,9 @@ impl<R: Keyed> Table<R> {
             let Some((index, list)) = self.id_ordered_posting(pred) else { return Ok(None) };
             walked = index.spec.clone();
             let start = match &pos {
-                Some((_, id)) => list.partition_point(|&s| self.slot(s).is_some_and(|e| if backward { e.record.id() < id } else { e.record.id() <= id })),
+                Some((_, id)) => list.partition_point(|&s| {
+                    self.slot(s).is_some_and(|e| if backward { e.record.id() < id } else { e.record.id() <= id })
+                }),
                 None if backward => list.len(),
                 None => 0,
             };
@@ -634,7 +659,8 @@ impl<R: Keyed> Table<R> {
         let mut info = self.page_info(&q.sort, &items, backward);
         info.has_next = Some(has_next);
         if let Some(ex) = ex {
-            *ex = Explain { access: Access::Walk { index: walked }, used: Vec::new(), recheck: pred.is_some(), visited };
+            *ex =
+                Explain { access: Access::Walk { index: walked }, used: Vec::new(), recheck: pred.is_some(), visited };
         }
         Ok(Some(QueryPage { items, page_info: info }))
     }

@@ -18,9 +18,9 @@ pub(crate) mod eval;
 mod text;
 
 pub use compile::{Compiled, QueryError};
+pub(crate) use compile::{CursorPos, PageSpec};
 pub use cursor::CursorError;
 pub(crate) use cursor::encode_cursor;
-pub(crate) use compile::{CursorPos, PageSpec};
 pub(crate) use eval::{Pred, SortKey, cmp_records};
 pub use text::{levenshtein_within, tokenize};
 
@@ -316,12 +316,7 @@ impl FieldRef {
     }
     /// Every token of `text` occurs in the field within `distance` edits (0..=2).
     pub fn fuzzy(self, text: impl Into<String>, distance: u8) -> Filter {
-        Filter::Text {
-            field: self.0,
-            query: text.into(),
-            mode: TextMode::Fuzzy,
-            distance: Some(distance),
-        }
+        Filter::Text { field: self.0, query: text.into(), mode: TextMode::Fuzzy, distance: Some(distance) }
     }
 }
 
@@ -376,9 +371,7 @@ impl Query {
     pub fn limit(mut self, n: u32) -> Query {
         match &mut self.page {
             Some(p) => p.set_limit(n),
-            None => {
-                self.page = Some(Page::Offset { limit: Some(n), offset: None, include_total: None })
-            }
+            None => self.page = Some(Page::Offset { limit: Some(n), offset: None, include_total: None }),
         }
         self
     }
@@ -441,9 +434,7 @@ mod tests {
 
     #[test]
     fn builder_builds_wire_shape() {
-        let q = Query::filter(field("level").gte(10).and(field("guild").eq("red")))
-            .sort_desc("score")
-            .limit(20);
+        let q = Query::filter(field("level").gte(10).and(field("guild").eq("red"))).sort_desc("score").limit(20);
         assert_eq!(
             serde_json::to_value(&q).expect("serializes"),
             json!({
@@ -461,8 +452,7 @@ mod tests {
         let r: Result<Query, _> = serde_json::from_value(json!({"filter": {"op": "near", "field": "x"}}));
         let msg = r.expect_err("rejects").to_string();
         assert!(msg.contains("near"), "{msg}");
-        let r: Result<Query, _> =
-            serde_json::from_value(json!({"page": {"mode": "cursor", "after": "a", "later": 1}}));
+        let r: Result<Query, _> = serde_json::from_value(json!({"page": {"mode": "cursor", "after": "a", "later": 1}}));
         assert!(r.is_err());
     }
 }

@@ -123,9 +123,9 @@ impl<'a> Value<'a> {
             Value::Null | Value::Object(_) => serde_json::Value::Null,
             Value::Bool(b) => b.into(),
             Value::Int(i) => i.into(),
-            Value::Float(x) => serde_json::Number::from_f64(x)
-                .map(serde_json::Value::Number)
-                .unwrap_or(serde_json::Value::Null),
+            Value::Float(x) => {
+                serde_json::Number::from_f64(x).map(serde_json::Value::Number).unwrap_or(serde_json::Value::Null)
+            }
             Value::Str(s) => s.into(),
             Value::List(l) => (0..l.len()).map(|i| l.at(i).to_json()).collect(),
         }
@@ -180,11 +180,10 @@ pub enum Key {
 impl Key {
     /// Makes a key of a float, normalising integral values to [`Key::Int`].
     pub fn from_f64(x: f64) -> Key {
-        if x.fract() == 0.0 && x >= -9.2e18 && x <= 9.2e18 {
-            Key::Int(x as i64)
-        } else {
-            Key::Float(x)
+        if x.is_nan() {
+            return Key::Float(f64::NAN);
         }
+        if x.fract() == 0.0 && (-9.2e18..=9.2e18).contains(&x) { Key::Int(x as i64) } else { Key::Float(x) }
     }
 
     /// Borrows this key as a [`Value`].
@@ -209,9 +208,7 @@ impl Key {
                 None => Key::from_f64(n.as_f64()?),
             },
             serde_json::Value::String(s) => Key::Str(s.as_str().into()),
-            serde_json::Value::Array(a) => {
-                Key::List(a.iter().map(Key::from_json).collect::<Option<_>>()?)
-            }
+            serde_json::Value::Array(a) => Key::List(a.iter().map(Key::from_json).collect::<Option<_>>()?),
             serde_json::Value::Object(_) => return None,
         })
     }

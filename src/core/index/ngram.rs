@@ -64,8 +64,7 @@ impl NgramIndex {
         if gs.is_empty() {
             return None;
         }
-        let mut lists: Vec<&[u32]> =
-            gs.iter().map(|g| self.postings.get(g).map_or(&[][..], Vec::as_slice)).collect();
+        let mut lists: Vec<&[u32]> = gs.iter().map(|g| self.postings.get(g).map_or(&[][..], Vec::as_slice)).collect();
         lists.sort_by_key(|l| l.len());
         let mut acc = lists[0].to_vec();
         for l in &lists[1..] {

@@ -108,12 +108,7 @@ impl TextIndex {
     }
 
     pub fn heap_size(&self) -> usize {
-        let vocab: usize = self
-            .by_len
-            .iter()
-            .enumerate()
-            .map(|(len, set)| set.len() * (len * 4 + 16 + 16))
-            .sum();
+        let vocab: usize = self.by_len.iter().enumerate().map(|(len, set)| set.len() * (len * 4 + 16 + 16)).sum();
         self.postings.capacity() * (16 + size_of::<Vec<u32>>() + 8)
             + self.postings.keys().map(|k| k.len()).sum::<usize>()
             + postings_size(self.postings.values())

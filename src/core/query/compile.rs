@@ -169,15 +169,9 @@ fn compile_filter(f: &Filter) -> Result<Pred, QueryError> {
         Filter::Gte { field, value } => cmp(CmpOp::Gte, "gte", field, value)?,
         Filter::Lt { field, value } => cmp(CmpOp::Lt, "lt", field, value)?,
         Filter::Lte { field, value } => cmp(CmpOp::Lte, "lte", field, value)?,
-        Filter::StartsWith { field, value } => {
-            Pred::StartsWith { path: path(field)?, needle: value.as_str().into() }
-        }
-        Filter::EndsWith { field, value } => {
-            Pred::EndsWith { path: path(field)?, needle: value.as_str().into() }
-        }
-        Filter::Contains { field, value } => {
-            Pred::Contains { path: path(field)?, needle: value.as_str().into() }
-        }
+        Filter::StartsWith { field, value } => Pred::StartsWith { path: path(field)?, needle: value.as_str().into() },
+        Filter::EndsWith { field, value } => Pred::EndsWith { path: path(field)?, needle: value.as_str().into() },
+        Filter::Contains { field, value } => Pred::Contains { path: path(field)?, needle: value.as_str().into() },
         Filter::IsNull { field } => Pred::IsNull { path: path(field)? },
         Filter::Exists { field } => Pred::Exists { path: path(field)? },
         Filter::Text { field, query, mode, distance } => {
@@ -188,8 +182,7 @@ fn compile_filter(f: &Filter) -> Result<Pred, QueryError> {
             if distance > 2 {
                 return Err(QueryError::Distance(distance));
             }
-            let mut tokens: Vec<Box<[char]>> =
-                tokenize(query).map(|t| t.chars().collect()).collect();
+            let mut tokens: Vec<Box<[char]>> = tokenize(query).map(|t| t.chars().collect()).collect();
             tokens.sort();
             tokens.dedup();
             if tokens.is_empty() {

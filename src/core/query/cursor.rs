@@ -42,8 +42,7 @@ pub(crate) fn encode_cursor(sort: &[SortKey], keys: &[Key], id: &str) -> String 
 /// Reads a token back, checking that it belongs to `sort`.
 pub(crate) fn decode_cursor(token: &str, sort: &[SortKey]) -> Result<CursorPos, CursorError> {
     let bytes = b64_decode(token).ok_or(CursorError::Malformed("not base64url"))?;
-    let json: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|_| CursorError::Malformed("not JSON"))?;
+    let json: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| CursorError::Malformed("not JSON"))?;
     let parts = json.as_array().ok_or(CursorError::Malformed("not an array"))?;
     let [fp, keys, id] = parts.as_slice() else {
         return Err(CursorError::Malformed("wrong length"));
@@ -55,11 +54,7 @@ pub(crate) fn decode_cursor(token: &str, sort: &[SortKey]) -> Result<CursorPos, 
     if keys.len() != sort.len() {
         return Err(CursorError::OtherSort);
     }
-    let keys = keys
-        .iter()
-        .map(Key::from_json)
-        .collect::<Option<Vec<_>>>()
-        .ok_or(CursorError::Malformed("bad key"))?;
+    let keys = keys.iter().map(Key::from_json).collect::<Option<Vec<_>>>().ok_or(CursorError::Malformed("bad key"))?;
     let id = id.as_str().ok_or(CursorError::Malformed("id not a string"))?.to_owned();
     Ok(CursorPos { keys, id })
 }

@@ -13,16 +13,43 @@ pub(crate) enum Pred {
     And(Vec<Pred>),
     Or(Vec<Pred>),
     Not(Box<Pred>),
-    Eq { path: Box<str>, key: Key },
-    In { path: Box<str>, keys: Vec<Key> },
-    Cmp { path: Box<str>, op: CmpOp, key: Key },
-    StartsWith { path: Box<str>, needle: Box<str> },
-    EndsWith { path: Box<str>, needle: Box<str> },
-    Contains { path: Box<str>, needle: Box<str> },
-    IsNull { path: Box<str> },
-    Exists { path: Box<str> },
+    Eq {
+        path: Box<str>,
+        key: Key,
+    },
+    In {
+        path: Box<str>,
+        keys: Vec<Key>,
+    },
+    Cmp {
+        path: Box<str>,
+        op: CmpOp,
+        key: Key,
+    },
+    StartsWith {
+        path: Box<str>,
+        needle: Box<str>,
+    },
+    EndsWith {
+        path: Box<str>,
+        needle: Box<str>,
+    },
+    Contains {
+        path: Box<str>,
+        needle: Box<str>,
+    },
+    IsNull {
+        path: Box<str>,
+    },
+    Exists {
+        path: Box<str>,
+    },
     /// Sorted, deduplicated query tokens; distance 0 is `match`.
-    Text { path: Box<str>, tokens: Vec<Box<[char]>>, distance: u8 },
+    Text {
+        path: Box<str>,
+        tokens: Vec<Box<[char]>>,
+        distance: u8,
+    },
 }
 
 /// A range comparison.
@@ -63,11 +90,10 @@ fn any_elem(v: Value<'_>, f: &mut impl FnMut(Value<'_>) -> bool) -> bool {
 /// Whether a value stands in a range comparison with a key of the same kind (numbers with
 /// numbers, strings with strings; nothing else compares).
 pub(crate) fn range_holds(v: Value<'_>, op: CmpOp, key: &Key) -> bool {
-    let comparable = match (v, key) {
-        (Value::Int(_) | Value::Float(_), Key::Int(_) | Key::Float(_)) => true,
-        (Value::Str(_), Key::Str(_)) => true,
-        _ => false,
-    };
+    let comparable = matches!(
+        (v, key),
+        (Value::Int(_) | Value::Float(_), Key::Int(_) | Key::Float(_)) | (Value::Str(_), Key::Str(_))
+    );
     if !comparable || matches!(v, Value::Float(x) if x.is_nan()) {
         return false;
     }
@@ -98,17 +124,13 @@ impl Pred {
                 let v = r.path(path);
                 keys.iter().any(|k| eq_holds(v, k))
             }
-            Pred::Cmp { path, op, key } => {
-                r.path(path).is_some_and(|v| any_elem(v, &mut |e| range_holds(e, *op, key)))
-            }
+            Pred::Cmp { path, op, key } => r.path(path).is_some_and(|v| any_elem(v, &mut |e| range_holds(e, *op, key))),
             Pred::StartsWith { path, needle } => str_holds(r.path(path), |s| s.starts_with(&**needle)),
             Pred::EndsWith { path, needle } => str_holds(r.path(path), |s| s.ends_with(&**needle)),
             Pred::Contains { path, needle } => str_holds(r.path(path), |s| s.contains(&**needle)),
             Pred::IsNull { path } => matches!(r.path(path), None | Some(Value::Null)),
             Pred::Exists { path } => !matches!(r.path(path), None | Some(Value::Null)),
-            Pred::Text { path, tokens, distance } => {
-                r.path(path).is_some_and(|v| text_holds(v, tokens, *distance))
-            }
+            Pred::Text { path, tokens, distance } => r.path(path).is_some_and(|v| text_holds(v, tokens, *distance)),
         }
     }
 }

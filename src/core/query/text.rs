@@ -2,9 +2,7 @@
 
 /// Splits text into lowercase tokens of letters and digits.
 pub fn tokenize(text: &str) -> impl Iterator<Item = String> + '_ {
-    text.split(|c: char| !c.is_alphanumeric())
-        .filter(|t| !t.is_empty())
-        .map(str::to_lowercase)
+    text.split(|c: char| !c.is_alphanumeric()).filter(|t| !t.is_empty()).map(str::to_lowercase)
 }
 
 /// Whether `a` and `b` (as chars) are within `max` edits (insert, delete, substitute).

@@ -1,0 +1,552 @@
+//! The write reducer: a frame's operations on one store → one plan (the next state of each
+//! changed record, per-item all-settled results, inverse patches, write entries to persist).
+//!
+//! Pure: it reads the table and never mutates it. The caller applies [`Plan::changes`] with
+//! [`Table::apply`] once — one commit, one index update — however many operations the frame
+//! held.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value as Json};
+
+use crate::core::fields::Keyed;
+use crate::core::patch::{PatchOp, apply_patch};
+use crate::core::table::{Change, Entry, Table};
+
+/// Where a write came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Origin {
+    /// A game system.
+    #[default]
+    User,
+    /// The sync engine (pulled changes, writebacks): never recorded in history.
+    Sync,
+    /// An undo or redo.
+    History,
+    /// A change to a mirrored entity's component.
+    Mirror,
+}
+
+/// What every write carries besides its data.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OpMeta {
+    /// Makes retries safe: the server applies a key once.
+    pub idempotency_key: String,
+    /// When the client made the write (ms since the Unix epoch).
+    pub client_time_ms: i64,
+    /// Where it came from.
+    pub origin: Origin,
+    /// Groups writes for undo / redo.
+    pub action_id: Option<String>,
+    /// The route it goes through (`None`: the store's).
+    pub route: Option<String>,
+}
+
+/// How an update changes a record.
+pub enum UpdateWith<R> {
+    /// Replace the record.
+    Replace(R),
+    /// Merge these top-level fields into the record's JSON form.
+    Merge(Map<String, Json>),
+    /// Change the record in place.
+    Closure(Box<dyn FnOnce(&mut R) + Send + Sync>),
+}
+
+impl<R: std::fmt::Debug> std::fmt::Debug for UpdateWith<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpdateWith::Replace(r) => f.debug_tuple("Replace").field(r).finish(),
+            UpdateWith::Merge(m) => f.debug_tuple("Merge").field(m).finish(),
+            UpdateWith::Closure(_) => f.write_str("Closure(..)"),
+        }
+    }
+}
+
+/// `strict`: an existing record needs the matching base version; `loose`: last write wins.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum UpsertMode {
+    /// Check the base version of an existing record.
+    #[default]
+    Strict,
+    /// Last write wins.
+    Loose,
+}
+
+/// One operation on a store.
+#[derive(Debug)]
+pub enum Op<R: Keyed> {
+    /// Records fetched on a cache miss: set only where absent; never persisted.
+    Hydrate(Vec<Entry<R>>),
+    /// A new record; an existing id is [`WriteError::Duplicate`].
+    Create(R),
+    /// Change an existing record.
+    Update {
+        /// Which.
+        id: R::Id,
+        /// The version the change was based on (checked when given).
+        base_version: Option<u64>,
+        /// How.
+        with: UpdateWith<R>,
+    },
+    /// Create or change.
+    Upsert {
+        /// The record.
+        record: R,
+        /// Merge the record's serialized top-level fields into an existing record instead of
+        /// replacing it (fields a typed record skips when serializing are kept).
+        merge: bool,
+        /// Strict or loose.
+        mode: UpsertMode,
+        /// The version the write was based on.
+        base_version: Option<u64>,
+    },
+    /// Remove a record.
+    Delete {
+        /// Which.
+        id: R::Id,
+        /// The version the delete was based on (checked when given).
+        base_version: Option<u64>,
+    },
+    /// Patch ops; commutative ops need no base version.
+    Patch {
+        /// Which.
+        id: R::Id,
+        /// The version the patch was based on (checked when given).
+        base_version: Option<u64>,
+        /// The ops.
+        ops: Vec<PatchOp>,
+    },
+    /// A server confirmed a write: set the version (and the server's data, if given).
+    Writeback {
+        /// Which.
+        id: R::Id,
+        /// The server version.
+        version: u64,
+        /// The server's copy.
+        record: Option<R>,
+    },
+    /// A change from elsewhere (pulled, or a server's current value after a conflict):
+    /// applied unless the local copy is newer. `None` deletes.
+    Remote {
+        /// Which.
+        id: R::Id,
+        /// The server version.
+        version: u64,
+        /// The record, or `None` for a delete.
+        record: Option<R>,
+    },
+    /// Set a record back to an exact earlier state (a rollback).
+    Restore {
+        /// Which.
+        id: R::Id,
+        /// The state.
+        entry: Option<Entry<R>>,
+    },
+}
+
+/// A write's kind, as on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum WriteAction {
+    /// `create`.
+    Create,
+    /// `update`.
+    Update,
+    /// `upsert`.
+    Upsert,
+    /// `delete`.
+    Delete,
+    /// `patch` (ext).
+    Patch,
+}
+
+/// A write to persist through a route's executor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WriteEntry<R: Keyed> {
+    /// The index of the operation that made it.
+    pub op: usize,
+    /// The kind.
+    pub action: WriteAction,
+    /// The record's id.
+    pub id: R::Id,
+    /// The version the write is based on (the record's version before it, if confirmed).
+    pub base_version: Option<u64>,
+    /// The record after the write (create, update, upsert, patch).
+    pub value: Option<R>,
+    /// For `update` with merge: the merged fields.
+    pub merge: Option<Map<String, Json>>,
+    /// For `patch`: the ops.
+    pub patch: Vec<PatchOp>,
+    /// For `upsert`.
+    pub upsert_mode: Option<UpsertMode>,
+    /// Idempotency key, client time, origin, action, route.
+    pub meta: OpMeta,
+}
+
+/// Why one operation failed.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError<R: Keyed> {
+    /// No record with the id.
+    #[error("no record with id {0}")]
+    NotFound(R::Id),
+    /// `create` of an id that exists.
+    #[error("a record with id {0} already exists")]
+    Duplicate(R::Id),
+    /// The base version does not match: `current` is the record as it is.
+    #[error("version conflict on {id}: based on {base:?}, current is {}", current.as_ref().map_or(0, |c| c.version))]
+    Conflict {
+        /// Which.
+        id: R::Id,
+        /// The version the write was based on.
+        base: Option<u64>,
+        /// The record as it is now.
+        current: Option<Box<Entry<R>>>,
+    },
+    /// The write is not valid (a bad patch, a failed validation, a changed id).
+    #[error("invalid write: {0}")]
+    Invalid(String),
+}
+
+/// How one operation settled.
+pub type Settled<R> = Result<Applied<<R as Keyed>::Id>, WriteError<R>>;
+
+/// A successful operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied<Id> {
+    /// The record's id (`None` for a hydrate of several).
+    pub id: Option<Id>,
+    /// The record's version after the operation (`None` when deleted).
+    pub version: Option<u64>,
+}
+
+/// The state of one record before one operation: apply these in reverse to undo.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Inverse<R: Keyed> {
+    /// The operation.
+    pub op: usize,
+    /// The record.
+    pub id: R::Id,
+    /// Its state before the operation.
+    pub prev: Option<Entry<R>>,
+}
+
+/// A run of consecutive operations with the same origin, action and route.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// The origin.
+    pub origin: Origin,
+    /// The action id.
+    pub action_id: Option<String>,
+    /// The route.
+    pub route: Option<String>,
+    /// Which operations.
+    pub ops: Range<usize>,
+}
+
+/// What a batch of operations does to a store.
+#[derive(Debug)]
+pub struct Plan<R: Keyed> {
+    /// The final state of each changed record, in order of first change.
+    pub changes: Vec<Change<R>>,
+    /// One result per operation.
+    pub results: Vec<Settled<R>>,
+    /// Inverse patches, in operation order.
+    pub inverse: Vec<Inverse<R>>,
+    /// Writes to persist, in operation order.
+    pub entries: Vec<WriteEntry<R>>,
+    /// The segments.
+    pub segments: Vec<Segment>,
+}
+
+impl<R: Keyed> Plan<R> {
+    /// Operations that restore the state before the operations `which` selects (their
+    /// inverse patches, newest first).
+    pub fn rollback(&self, which: impl Fn(usize) -> bool) -> Vec<Op<R>> {
+        self.inverse
+            .iter()
+            .rev()
+            .filter(|i| which(i.op))
+            .map(|i| Op::Restore { id: i.id.clone(), entry: i.prev.clone() })
+            .collect()
+    }
+}
+
+/// How versions are kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Versions {
+    /// A client: local writes keep the version; servers set it through writebacks.
+    #[default]
+    Client,
+    /// A server (or a local executor acting as one): every write bumps the version, and
+    /// update / delete / strict upsert need the matching base version.
+    Server,
+}
+
+/// A check every record must pass before it is stored.
+pub type Validate<'a, R> = &'a dyn Fn(&R) -> Result<(), String>;
+
+/// Reduces operations over a table into a plan. See the module docs.
+pub fn reduce<R>(
+    table: &Table<R>,
+    ops: Vec<(Op<R>, OpMeta)>,
+    versions: Versions,
+    validate: Option<Validate<'_, R>>,
+) -> Plan<R>
+where
+    R: Keyed + Serialize + DeserializeOwned,
+{
+    let mut r = Reducer { table, overlay: HashMap::new(), order: Vec::new(), versions, validate };
+    let mut plan = Plan {
+        changes: Vec::new(),
+        results: Vec::new(),
+        inverse: Vec::new(),
+        entries: Vec::new(),
+        segments: Vec::new(),
+    };
+    for (i, (op, meta)) in ops.into_iter().enumerate() {
+        match plan.segments.last_mut() {
+            Some(s) if s.origin == meta.origin && s.action_id == meta.action_id && s.route == meta.route => {
+                s.ops.end = i + 1
+            }
+            _ => plan.segments.push(Segment {
+                origin: meta.origin,
+                action_id: meta.action_id.clone(),
+                route: meta.route.clone(),
+                ops: i..i + 1,
+            }),
+        }
+        let result = r.one(i, op, meta, &mut plan);
+        plan.results.push(result);
+    }
+    let mut overlay = r.overlay;
+    plan.changes = r.order.into_iter().filter_map(|id| overlay.remove(&id).map(|e| (id, e))).collect();
+    plan
+}
+
+struct Reducer<'a, R: Keyed> {
+    table: &'a Table<R>,
+    overlay: HashMap<R::Id, Option<Entry<R>>>,
+    order: Vec<R::Id>,
+    versions: Versions,
+    validate: Option<Validate<'a, R>>,
+}
+
+fn to_map<R: Serialize>(r: &R) -> Result<Map<String, Json>, String> {
+    match serde_json::to_value(r) {
+        Ok(Json::Object(m)) => Ok(m),
+        Ok(_) => Err("a record must serialize to a JSON object".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn from_map<R: DeserializeOwned>(m: Map<String, Json>) -> Result<R, String> {
+    serde_json::from_value(Json::Object(m)).map_err(|e| e.to_string())
+}
+
+impl<R: Keyed + Serialize + DeserializeOwned> Reducer<'_, R> {
+    fn current(&self, id: &R::Id) -> Option<&Entry<R>> {
+        match self.overlay.get(id) {
+            Some(e) => e.as_ref(),
+            None => self.table.entry(id),
+        }
+    }
+
+    fn set(&mut self, op: usize, id: R::Id, next: Option<Entry<R>>, plan: &mut Plan<R>) {
+        let prev = self.current(&id).cloned();
+        plan.inverse.push(Inverse { op, id: id.clone(), prev });
+        if self.overlay.insert(id.clone(), next).is_none() {
+            self.order.push(id);
+        }
+    }
+
+    fn check(&self, r: &R) -> Result<(), WriteError<R>> {
+        match self.validate {
+            Some(v) => v(r).map_err(WriteError::Invalid),
+            None => Ok(()),
+        }
+    }
+
+    /// The version check: a given base must match; a server also demands one.
+    fn check_base(&self, id: &R::Id, base: Option<u64>, cur: &Entry<R>, required: bool) -> Result<(), WriteError<R>> {
+        let ok = match base {
+            Some(b) => b == cur.version,
+            None => !(required && self.versions == Versions::Server),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(WriteError::Conflict { id: id.clone(), base, current: Some(Box::new(cur.clone())) })
+        }
+    }
+
+    fn next_version(&self, cur: Option<&Entry<R>>) -> u64 {
+        let v = cur.map_or(0, |c| c.version);
+        match self.versions {
+            Versions::Client => v,
+            Versions::Server => v + 1,
+        }
+    }
+
+    fn entry(
+        op: usize,
+        action: WriteAction,
+        id: R::Id,
+        base: Option<u64>,
+        value: Option<R>,
+        meta: OpMeta,
+    ) -> WriteEntry<R> {
+        WriteEntry {
+            op,
+            action,
+            id,
+            base_version: base,
+            value,
+            merge: None,
+            patch: Vec::new(),
+            upsert_mode: None,
+            meta,
+        }
+    }
+
+    fn one(&mut self, i: usize, op: Op<R>, meta: OpMeta, plan: &mut Plan<R>) -> Settled<R> {
+        let confirmed = |e: Option<&Entry<R>>| e.map(|e| e.version).filter(|v| *v > 0);
+        match op {
+            Op::Hydrate(entries) => {
+                for e in entries {
+                    let id = e.record.id().clone();
+                    if self.current(&id).is_none() && !self.overlay.contains_key(&id) {
+                        self.set(i, id, Some(e), plan);
+                    }
+                }
+                Ok(Applied { id: None, version: None })
+            }
+            Op::Create(record) => {
+                let id = record.id().clone();
+                if self.current(&id).is_some() {
+                    return Err(WriteError::Duplicate(id));
+                }
+                self.check(&record)?;
+                let version = self.next_version(None);
+                plan.entries.push(Self::entry(i, WriteAction::Create, id.clone(), None, Some(record.clone()), meta));
+                self.set(i, id.clone(), Some(Entry::new(record, version)), plan);
+                Ok(Applied { id: Some(id), version: Some(version) })
+            }
+            Op::Update { id, base_version, with } => {
+                let Some(cur) = self.current(&id) else { return Err(WriteError::NotFound(id)) };
+                self.check_base(&id, base_version, cur, true)?;
+                let base = base_version.or(confirmed(Some(cur)));
+                let mut merged = None;
+                let next = match with {
+                    UpdateWith::Replace(r) => r,
+                    UpdateWith::Closure(f) => {
+                        let mut r = cur.record.clone();
+                        f(&mut r);
+                        r
+                    }
+                    UpdateWith::Merge(fields) => {
+                        let mut m = to_map(&cur.record).map_err(WriteError::Invalid)?;
+                        for (k, v) in &fields {
+                            m.insert(k.clone(), v.clone());
+                        }
+                        merged = Some(fields);
+                        from_map(m).map_err(WriteError::Invalid)?
+                    }
+                };
+                if next.id() != &id {
+                    return Err(WriteError::Invalid(format!("an update may not change the id ({id} → {})", next.id())));
+                }
+                self.check(&next)?;
+                let version = self.next_version(Some(cur));
+                let mut e = Self::entry(i, WriteAction::Update, id.clone(), base, Some(next.clone()), meta);
+                e.merge = merged;
+                plan.entries.push(e);
+                self.set(i, id.clone(), Some(Entry::new(next, version)), plan);
+                Ok(Applied { id: Some(id), version: Some(version) })
+            }
+            Op::Upsert { record, merge, mode, base_version } => {
+                let id = record.id().clone();
+                let cur = self.current(&id);
+                if let Some(cur) = cur
+                    && mode == UpsertMode::Strict
+                {
+                    self.check_base(&id, base_version, cur, true)?;
+                }
+                let base = base_version.or(confirmed(cur));
+                let next = match (cur, merge) {
+                    (Some(cur), true) => {
+                        let mut m = to_map(&cur.record).map_err(WriteError::Invalid)?;
+                        m.extend(to_map(&record).map_err(WriteError::Invalid)?);
+                        from_map(m).map_err(WriteError::Invalid)?
+                    }
+                    _ => record,
+                };
+                self.check(&next)?;
+                let version = self.next_version(cur);
+                let mut e = Self::entry(i, WriteAction::Upsert, id.clone(), base, Some(next.clone()), meta);
+                e.upsert_mode = Some(mode);
+                plan.entries.push(e);
+                self.set(i, id.clone(), Some(Entry::new(next, version)), plan);
+                Ok(Applied { id: Some(id), version: Some(version) })
+            }
+            Op::Delete { id, base_version } => {
+                let Some(cur) = self.current(&id) else { return Err(WriteError::NotFound(id)) };
+                self.check_base(&id, base_version, cur, true)?;
+                let base = base_version.or(confirmed(Some(cur)));
+                plan.entries.push(Self::entry(i, WriteAction::Delete, id.clone(), base, None, meta));
+                self.set(i, id.clone(), None, plan);
+                Ok(Applied { id: Some(id), version: None })
+            }
+            Op::Patch { id, base_version, ops } => {
+                let Some(cur) = self.current(&id) else { return Err(WriteError::NotFound(id)) };
+                let commutative = ops.iter().all(PatchOp::is_commutative);
+                self.check_base(&id, base_version, cur, !commutative)?;
+                let base = base_version.or(confirmed(Some(cur)));
+                let mut m = to_map(&cur.record).map_err(WriteError::Invalid)?;
+                apply_patch(&mut m, &ops).map_err(|e| WriteError::Invalid(e.to_string()))?;
+                let next: R = from_map(m).map_err(WriteError::Invalid)?;
+                self.check(&next)?;
+                let version = self.next_version(Some(cur));
+                let mut e = Self::entry(i, WriteAction::Patch, id.clone(), base, Some(next.clone()), meta);
+                e.patch = ops;
+                plan.entries.push(e);
+                self.set(i, id.clone(), Some(Entry::new(next, version)), plan);
+                Ok(Applied { id: Some(id), version: Some(version) })
+            }
+            Op::Writeback { id, version, record } => {
+                let Some(cur) = self.current(&id) else { return Ok(Applied { id: Some(id), version: None }) };
+                if record.is_none() && cur.version == version {
+                    return Ok(Applied { id: Some(id), version: Some(version) });
+                }
+                let next = Entry::new(record.unwrap_or_else(|| cur.record.clone()), version);
+                self.set(i, id.clone(), Some(next), plan);
+                Ok(Applied { id: Some(id), version: Some(version) })
+            }
+            Op::Remote { id, version, record } => {
+                if let Some(cur) = self.current(&id)
+                    && cur.version > version
+                {
+                    // The local copy is newer than the change: keep it.
+                    return Ok(Applied { id: Some(id), version: Some(cur.version) });
+                }
+                if self.current(&id).is_none() && record.is_none() {
+                    return Ok(Applied { id: Some(id), version: None });
+                }
+                let next = record.map(|r| Entry::new(r, version));
+                let v = next.as_ref().map(|e| e.version);
+                self.set(i, id.clone(), next, plan);
+                Ok(Applied { id: Some(id), version: v })
+            }
+            Op::Restore { id, entry } => {
+                let v = entry.as_ref().map(|e| e.version);
+                self.set(i, id.clone(), entry, plan);
+                Ok(Applied { id: Some(id), version: v })
+            }
+        }
+    }
+}
