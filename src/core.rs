@@ -7,6 +7,7 @@ mod patch;
 mod planner;
 pub mod query;
 mod reducer;
+mod relation;
 mod table;
 mod value;
 
@@ -19,5 +20,6 @@ pub use reducer::{
     Applied, Inverse, Op, OpMeta, Origin, Plan, Segment, Settled, UpdateWith, UpsertMode, Validate, Versions,
     WriteAction, WriteEntry, WriteError, reduce,
 };
+pub use relation::{Include, Included, Relation, RelationKind, include};
 pub use table::{Change, Entry, Table};
 pub use value::{Key, Value};
