@@ -4,8 +4,21 @@
 extern crate self as atoma;
 
 pub mod core;
+pub mod io;
+pub mod protocol;
+pub mod runtime;
 
-pub use crate::core::{FieldList, Fields, JsonRecord, Key, Keyed, Record, RecordId, ToValue, Value};
+/// Everything a game needs: `use atoma::prelude::*;`.
+pub mod prelude {
+    pub use crate::core::{Dir, Filter, IndexSpec, PatchOp, Relation, field};
+    pub use crate::runtime::{
+        AtomaAppExt, AtomaMetrics, AtomaPlugin, AtomaSystems, Committed, FetchPolicy, LiveQuery, MergePolicy, Mirror,
+        ReadFinished, Reader, Store, StoreConfig, Ticket, WriteFailure, WriteOptions, WriteSettled, Writer,
+    };
+    pub use crate::{FieldValue, Fields, Record};
+}
+
+pub use crate::core::{FieldList, Fields, JsonRecord, Key, Keyed, Query, Record, RecordId, ToValue, Value};
 pub use atoma_derive::{FieldValue, Fields, Record};
 
 /// Items the derive macros refer to. Not part of the public API.

@@ -1,0 +1,101 @@
+//! Handing the frame's requests to the async side in one go (in `Last`): all of a route's
+//! writes in one `write_many` call (one redb transaction for `local`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bevy_ecs::resource::Resource;
+use bevy_ecs::system::{Res, ResMut};
+use crossbeam_channel::Sender;
+
+use super::messages::Ticket;
+use super::reduce::Inbound;
+use crate::io::{Executor, IoRuntime};
+use crate::protocol::{QueryRequest, WriteRequest};
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+pub(crate) fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Why a query is sent.
+pub(crate) enum QueryPurpose {
+    /// Bases for parked writes.
+    Fetch(u64),
+    /// A read.
+    Read(Ticket),
+}
+
+type WriteSlot = (WriteRequest, Sender<Inbound>, u64);
+
+/// The frame's requests, sent in `Last`.
+#[derive(Resource, Default)]
+pub(crate) struct Outgoing {
+    writes: HashMap<String, (Option<Arc<dyn Executor>>, Vec<WriteSlot>)>,
+    queries: Vec<(Arc<dyn Executor>, QueryRequest, Sender<Inbound>, QueryPurpose)>,
+}
+
+impl Outgoing {
+    pub fn write(
+        &mut self,
+        route: String,
+        exec: Arc<dyn Executor>,
+        req: WriteRequest,
+        reply: Sender<Inbound>,
+        batch: u64,
+    ) {
+        let slot = self.writes.entry(route).or_insert_with(|| (None, Vec::new()));
+        slot.0 = Some(exec);
+        slot.1.push((req, reply, batch));
+    }
+
+    pub fn query(&mut self, exec: Arc<dyn Executor>, req: QueryRequest, reply: Sender<Inbound>, purpose: QueryPurpose) {
+        self.queries.push((exec, req, reply, purpose));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.writes.is_empty() && self.queries.is_empty()
+    }
+}
+
+/// Run condition of [`flush`].
+pub(crate) fn has_outgoing(out: Res<Outgoing>) -> bool {
+    !out.is_empty()
+}
+
+/// The `Flush` system: spawns the frame's requests on the io runtime.
+pub(crate) fn flush(mut out: ResMut<Outgoing>, io: Res<IoRuntimeRes>) {
+    for (_route, (exec, slots)) in out.writes.drain() {
+        let Some(exec) = exec else { continue };
+        let (reqs, replies): (Vec<WriteRequest>, Vec<(Sender<Inbound>, u64)>) =
+            slots.into_iter().map(|(req, tx, batch)| (req, (tx, batch))).unzip();
+        let fut = exec.write_many(reqs);
+        io.0.spawn(async move {
+            let results = fut.await;
+            let mut results = results.into_iter();
+            for (tx, batch) in replies {
+                let result = results.next().unwrap_or_else(|| {
+                    Err(crate::protocol::StandardError::internal("the executor returned fewer results than requests"))
+                });
+                let _ = tx.send(Inbound::Written { batch, result });
+            }
+        });
+    }
+    for (exec, req, tx, purpose) in out.queries.drain(..) {
+        let fut = exec.query(req);
+        io.0.spawn(async move {
+            let result = fut.await;
+            let msg = match purpose {
+                QueryPurpose::Fetch(fetch) => Inbound::Fetched { fetch, result },
+                QueryPurpose::Read(ticket) => Inbound::Read { ticket, result },
+            };
+            let _ = tx.send(msg);
+        });
+    }
+}
+
+/// The plugin's io runtime as a resource.
+#[derive(Resource)]
+pub struct IoRuntimeRes(pub IoRuntime);

@@ -1,0 +1,722 @@
+//! The reduce system of one store: everything that changes the store in a frame — intents,
+//! executor acks and rejects (writebacks, rollbacks), fetched bases (hydrates), read results,
+//! loaded and pulled records — is folded into one plan and applied as **one commit**.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use bevy_ecs::change_detection::DetectChangesMut;
+use bevy_ecs::message::{MessageWriter, Messages};
+use bevy_ecs::resource::Resource;
+use bevy_ecs::system::{Res, ResMut};
+use crossbeam_channel::{Receiver, Sender};
+use serde_json::{Map, Value as Json};
+
+use super::config::{StoreConfig, Transforms};
+use super::flush::{Outgoing, QueryPurpose};
+use super::history::HistoryLog;
+use super::messages::{Committed, ReadFinished, ReadSource, Ticket, WriteFailure, WriteIntent, WriteSettled};
+use super::metrics::AtomaMetrics;
+use super::reads::PendingRead;
+use super::route::Routes;
+use super::store::Store;
+use crate::core::{
+    Entry, Filter, Inverse, Op, OpMeta, Origin, Query, Record, Versions, WriteAction, WriteEntry, WriteError, reduce,
+};
+use crate::protocol::{
+    ItemMeta, QueryRequest, QueryResult, StandardError, UpsertOptions, WireWriteEntry, WriteItem, WriteOptions,
+    WriteRequest, WriteResult,
+};
+
+/// What the async side sends a store.
+#[derive(Debug)]
+pub(crate) enum Inbound {
+    /// A write request was answered.
+    Written { batch: u64, result: Result<WriteResult, StandardError> },
+    /// Records fetched for parked writes.
+    Fetched { fetch: u64, result: Result<QueryResult, StandardError> },
+    /// A read was answered.
+    Read { ticket: Ticket, result: Result<QueryResult, StandardError> },
+    /// Changes pulled from elsewhere (id, version, record or `None` for a delete).
+    #[expect(dead_code, reason = "the sync lanes send pulled changes through here")]
+    Remote { changes: Vec<(String, u64, Option<Map<String, Json>>)> },
+}
+
+/// A write sent to an executor and not yet answered.
+struct Flight<T: Record> {
+    ticket: Ticket,
+    id: T::Id,
+    route: String,
+    optimistic: bool,
+    inverse: Vec<Inverse<T>>,
+    entry: WireWriteEntry,
+    value: Option<T>,
+}
+
+/// A store's bookkeeping (not public: game systems see `Store<T>` and messages).
+#[derive(Resource)]
+pub(crate) struct StoreState<T: Record> {
+    pub name: &'static str,
+    pub transforms: Transforms<T>,
+    pub route: Option<String>,
+    pub history_enabled: bool,
+    pub tx: Sender<Inbound>,
+    rx: Receiver<Inbound>,
+    /// Writes waiting for a fetch of their record, by fetch.
+    parked: HashMap<u64, Vec<WriteIntent<T>>>,
+    /// Which fetch each missing id waits on.
+    parked_ids: HashMap<T::Id, u64>,
+    /// Sent writes, by batch.
+    in_flight: HashMap<u64, Vec<Flight<T>>>,
+    /// Writes held back until an earlier write of the same record is answered.
+    held: HashMap<T::Id, VecDeque<Flight<T>>>,
+    /// How many writes of each record are in flight.
+    busy: HashMap<T::Id, usize>,
+    /// Remote reads waiting for their results.
+    pub reads: HashMap<Ticket, PendingRead>,
+    /// Ids changed by the last commit.
+    pub changed: Vec<T::Id>,
+    /// Ids of records whose mirror entity must be refreshed (set by reduce, read by mirror).
+    pub mirror_dirty: Vec<T::Id>,
+    /// Reads answered from the store without an executor, to publish next reduce.
+    pub local_reads: Vec<ReadFinished<T>>,
+}
+
+impl<T: Record> StoreState<T> {
+    pub fn new(config: &StoreConfig<T>) -> Self {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        Self {
+            name: T::STORE,
+            transforms: config.transforms.clone(),
+            route: config.route.clone(),
+            history_enabled: config.history,
+            tx,
+            rx,
+            parked: HashMap::new(),
+            parked_ids: HashMap::new(),
+            in_flight: HashMap::new(),
+            held: HashMap::new(),
+            busy: HashMap::new(),
+            reads: HashMap::new(),
+            changed: Vec::new(),
+            mirror_dirty: Vec::new(),
+            local_reads: Vec::new(),
+        }
+    }
+
+    fn in_flight_count(&self) -> usize {
+        self.in_flight.values().map(Vec::len).sum::<usize>() + self.held.values().map(VecDeque::len).sum::<usize>()
+    }
+}
+
+/// Run condition: whether the store has anything to do this frame.
+pub(crate) fn has_work<T: Record>(state: Res<StoreState<T>>, intents: Res<Messages<WriteIntent<T>>>) -> bool {
+    !intents.is_empty() || !state.rx.is_empty() || !state.local_reads.is_empty()
+}
+
+/// Turns a record's JSON (from an executor) into `T`, through the inbound (or writeback)
+/// transform.
+pub(crate) fn from_json<T: Record>(
+    mut m: Map<String, Json>,
+    transform: Option<&super::config::Transform<T>>,
+) -> Result<T, String> {
+    m.remove("version");
+    let r: T = if T::ID_FIELD != "id" {
+        // The wire's `id` mirrors the record's own id field.
+        m.remove("id");
+        serde_json::from_value(Json::Object(m)).map_err(|e| format!("{}: {e}", T::STORE))?
+    } else {
+        // Ids are strings on the wire; a numeric id type wants its number back.
+        let numeric = match m.get("id") {
+            Some(Json::String(s)) => {
+                s.parse::<i64>().ok().map(Json::from).or_else(|| s.parse::<u64>().ok().map(Json::from))
+            }
+            _ => None,
+        };
+        match numeric {
+            Some(n) => {
+                let mut as_number = m.clone();
+                as_number.insert("id".into(), n);
+                match serde_json::from_value(Json::Object(as_number)) {
+                    Ok(r) => r,
+                    Err(_) => serde_json::from_value(Json::Object(m)).map_err(|e| format!("{}: {e}", T::STORE))?,
+                }
+            }
+            None => serde_json::from_value(Json::Object(m)).map_err(|e| format!("{}: {e}", T::STORE))?,
+        }
+    };
+    match transform {
+        Some(t) => t(r),
+        None => Ok(r),
+    }
+}
+
+fn version_of(v: &Json) -> u64 {
+    v.get("version").and_then(Json::as_u64).unwrap_or(0)
+}
+
+/// A record's wire JSON: its fields, with `id` as a string.
+pub(crate) fn to_map<T: Record>(r: &T) -> Result<Map<String, Json>, String> {
+    match serde_json::to_value(r) {
+        Ok(Json::Object(mut m)) => {
+            m.insert("id".into(), Json::String(r.id().to_string()));
+            Ok(m)
+        }
+        Ok(_) => Err(format!("{}: a record must serialize to a JSON object", T::STORE)),
+        Err(e) => Err(format!("{}: {e}", T::STORE)),
+    }
+}
+
+/// The wire form of a write entry (outbound transform applied).
+fn to_wire<T: Record>(
+    e: &WriteEntry<T>,
+    entry_id: String,
+    transforms: &Transforms<T>,
+) -> Result<WireWriteEntry, String> {
+    let out = |r: &T| -> Result<Json, String> {
+        let r = match &transforms.outbound {
+            Some(t) => t(r.clone())?,
+            None => r.clone(),
+        };
+        to_map(&r).map(Json::Object)
+    };
+    let meta = ItemMeta { idempotency_key: e.meta.idempotency_key.clone(), client_time_ms: e.meta.client_time_ms };
+    let mut options = None;
+    let (action, value, ops) = match e.action {
+        WriteAction::Create => (WriteAction::Create, e.value.as_ref().map(out).transpose()?, None),
+        WriteAction::Update => match &e.merge {
+            Some(fields) => {
+                options = Some(WriteOptions { merge: Some(true), ..WriteOptions::default() });
+                (WriteAction::Update, Some(Json::Object(fields.clone())), None)
+            }
+            None => (WriteAction::Update, e.value.as_ref().map(out).transpose()?, None),
+        },
+        WriteAction::Upsert => {
+            options = Some(WriteOptions {
+                upsert: Some(UpsertOptions { mode: e.upsert_mode.unwrap_or_default() }),
+                ..WriteOptions::default()
+            });
+            (WriteAction::Upsert, e.value.as_ref().map(out).transpose()?, None)
+        }
+        WriteAction::Delete => (WriteAction::Delete, None, None),
+        WriteAction::Patch => (WriteAction::Patch, None, Some(e.patch.clone())),
+    };
+    Ok(WireWriteEntry {
+        entry_id,
+        action,
+        item: WriteItem { entity_id: Some(e.id.to_string()), base_version: e.base_version, value, ops, meta },
+        options,
+    })
+}
+
+/// Gives a held write the record's current version as its base (the earlier write of the
+/// record was confirmed, so the version moved on).
+fn rebase<T: Record>(f: &mut Flight<T>, version: Option<u64>) {
+    let Some(v) = version.filter(|v| *v > 0) else { return };
+    if f.entry.action == WriteAction::Create {
+        return;
+    }
+    f.entry.item.base_version = Some(v);
+    if f.entry.action == WriteAction::Upsert && f.entry.options.as_ref().and_then(|o| o.upsert.as_ref()).is_some() {
+        // Sent as a loose upsert only because no version was known; keep it loose.
+    }
+}
+
+/// An update or delete of a record no server has confirmed yet cannot name a base version:
+/// send it as a loose upsert (or, for a delete, as a delete based on what is known).
+fn fit_unconfirmed(entry: &mut WireWriteEntry) {
+    if entry.item.base_version.is_none() && matches!(entry.action, WriteAction::Update) {
+        entry.action = WriteAction::Upsert;
+        entry.options = Some(WriteOptions {
+            upsert: Some(UpsertOptions { mode: crate::core::UpsertMode::Loose }),
+            ..WriteOptions::default()
+        });
+    }
+}
+
+/// The reduce system of store `T`. See the module docs.
+#[expect(clippy::too_many_arguments, reason = "a system's parameters are its dependencies")]
+pub(crate) fn reduce_store<T: Record>(
+    mut store: ResMut<Store<T>>,
+    mut state: ResMut<StoreState<T>>,
+    mut intents: ResMut<Messages<WriteIntent<T>>>,
+    mut settled: MessageWriter<WriteSettled<T>>,
+    mut committed: MessageWriter<Committed<T>>,
+    mut read_done: MessageWriter<ReadFinished<T>>,
+    routes: Res<Routes>,
+    mut outgoing: ResMut<Outgoing>,
+    mut metrics: ResMut<AtomaMetrics>,
+    mut history: ResMut<HistoryLog<T>>,
+) {
+    let state = &mut *state;
+    let name = state.name;
+    let mut ops: Vec<(Op<T>, OpMeta)> = Vec::new();
+    // For each op: the ticket to settle when it is a user intent.
+    let mut op_tickets: Vec<Option<Ticket>> = Vec::new();
+    let mut settle_now: Vec<WriteSettled<T>> = Vec::new();
+    let mut reads_done: Vec<(Ticket, Vec<T::Id>, crate::core::PageInfo, ReadSource, std::time::Duration)> = Vec::new();
+    let mut releases: Vec<T::Id> = Vec::new();
+    let sync_meta = || OpMeta { origin: Origin::Sync, ..OpMeta::default() };
+    let table = &store.bypass_change_detection().table;
+
+    // 1. What the async side sent.
+    let inbound: Vec<Inbound> = state.rx.try_iter().collect();
+    for msg in inbound {
+        match msg {
+            Inbound::Written { batch, result } => {
+                let Some(flights) = state.in_flight.remove(&batch) else { continue };
+                let mut results: HashMap<String, crate::protocol::WriteItemResult> = match result {
+                    Ok(r) => r.results.into_iter().map(|r| (r.entry_id.clone(), r)).collect(),
+                    Err(e) => {
+                        // The whole request failed: every entry is rolled back.
+                        flights
+                            .iter()
+                            .map(|f| {
+                                (
+                                    f.entry.entry_id.clone(),
+                                    crate::protocol::WriteItemResult::err(f.entry.entry_id.clone(), e.clone(), None),
+                                )
+                            })
+                            .collect()
+                    }
+                };
+                for f in flights {
+                    if let Some(n) = state.busy.get_mut(&f.id) {
+                        *n = n.saturating_sub(1);
+                    }
+                    releases.push(f.id.clone());
+                    let r = results.remove(&f.entry.entry_id).unwrap_or_else(|| {
+                        crate::protocol::WriteItemResult::err(
+                            f.entry.entry_id.clone(),
+                            StandardError::internal("the executor's response has no result for this entry"),
+                            None,
+                        )
+                    });
+                    settle_flight(state, f, r, &mut ops, &mut op_tickets, &mut settle_now);
+                }
+            }
+            Inbound::Fetched { fetch, result } => {
+                let Some(parked) = state.parked.remove(&fetch) else { continue };
+                state.parked_ids.retain(|_, f| *f != fetch);
+                match result {
+                    Ok(found) => {
+                        let mut entries = Vec::new();
+                        for v in found.data {
+                            let version = version_of(&v);
+                            if let Json::Object(m) = v
+                                && let Ok(r) = from_json::<T>(m, state.transforms.inbound.as_ref())
+                            {
+                                entries.push(Entry::new(r, version));
+                            }
+                        }
+                        ops.push((Op::Hydrate(entries), sync_meta()));
+                        op_tickets.push(None);
+                        for i in parked {
+                            ops.push((i.op, i.meta));
+                            op_tickets.push(Some(i.ticket));
+                        }
+                    }
+                    Err(e) => {
+                        for i in parked {
+                            settle_now.push(WriteSettled {
+                                ticket: i.ticket,
+                                id: None,
+                                result: Err(WriteFailure::Unavailable { store: name, error: e.clone() }),
+                            });
+                        }
+                    }
+                }
+            }
+            Inbound::Read { ticket, result } => {
+                let Some(pending) = state.reads.remove(&ticket) else { continue };
+                let elapsed = pending.started.elapsed();
+                match result {
+                    Ok(found) => {
+                        let mut ids = Vec::new();
+                        let mut seen = HashSet::new();
+                        for v in found.data {
+                            let version = version_of(&v);
+                            let Json::Object(m) = v else { continue };
+                            let Ok(r) = from_json::<T>(
+                                m,
+                                state.transforms.writeback.as_ref().or(state.transforms.inbound.as_ref()),
+                            ) else {
+                                continue;
+                            };
+                            let id = r.id().clone();
+                            ids.push(id.clone());
+                            seen.insert(id.clone());
+                            if let Some(op) = pending.merge.op(table.entry(&id), r, version) {
+                                ops.push((op, sync_meta()));
+                                op_tickets.push(None);
+                            }
+                        }
+                        if pending.list {
+                            // A list read aligns deletions: local matches the remote lacks go.
+                            if let Ok(q) = (Query { page: None, ..pending.query.clone() }).compile()
+                                && let Ok(local) = table.query(&q)
+                            {
+                                for e in local.items {
+                                    let id = e.record.id();
+                                    if !seen.contains(id) && e.version > 0 {
+                                        ops.push((
+                                            Op::Remote { id: id.clone(), version: e.version, record: None },
+                                            sync_meta(),
+                                        ));
+                                        op_tickets.push(None);
+                                    }
+                                }
+                            }
+                        }
+                        reads_done.push((
+                            ticket,
+                            ids,
+                            found.page_info.unwrap_or_default(),
+                            ReadSource::Remote,
+                            elapsed,
+                        ));
+                    }
+                    Err(e) => {
+                        let local = pending.query.compile().ok().and_then(|q| table.query(&q).ok());
+                        let (ids, info) = match local {
+                            Some(p) => (p.records().map(|r| r.id().clone()).collect(), p.page_info),
+                            None => (Vec::new(), Default::default()),
+                        };
+                        reads_done.push((ticket, ids, info, ReadSource::Fallback(e), elapsed));
+                    }
+                }
+            }
+            Inbound::Remote { changes } => {
+                for (id, version, value) in changes {
+                    let Ok(id) = id.parse::<T::Id>() else { continue };
+                    let record = match value {
+                        Some(m) => match from_json::<T>(m, state.transforms.inbound.as_ref()) {
+                            Ok(r) => Some(r),
+                            Err(_) => continue,
+                        },
+                        None => None,
+                    };
+                    ops.push((Op::Remote { id, version, record }, sync_meta()));
+                    op_tickets.push(None);
+                }
+            }
+        }
+    }
+
+    // 2. The frame's intents. A write to a missing record parks until its fetch returns.
+    let mut fetch_now: HashMap<String, (u64, Vec<String>)> = HashMap::new();
+    let mut created: HashSet<T::Id> = HashSet::new();
+    let drained: Vec<WriteIntent<T>> = intents.drain().collect();
+    metrics.entry(name).intents += drained.len() as u64;
+    for intent in drained {
+        let target = match &intent.op {
+            Op::Update { id, .. } | Op::Delete { id, .. } | Op::Patch { id, .. } => Some(id.clone()),
+            Op::Create(r) | Op::Upsert { record: r, .. } => {
+                created.insert(r.id().clone());
+                None
+            }
+            _ => None,
+        };
+        let route = match routes.resolve(intent.meta.route.as_deref(), state.route.as_deref()) {
+            Ok((n, r)) => (n.to_owned(), r.clone()),
+            Err(asked) => {
+                settle_now.push(WriteSettled {
+                    ticket: intent.ticket,
+                    id: target,
+                    result: Err(WriteFailure::NoRoute { store: name, route: asked }),
+                });
+                continue;
+            }
+        };
+        if let Some(id) = target {
+            let missing = !table.contains(&id) && !created.contains(&id);
+            if let Some(fetch) = state.parked_ids.get(&id).copied() {
+                state.parked.entry(fetch).or_default().push(intent);
+                continue;
+            }
+            if missing {
+                if !route.1.policy.implicit_fetch {
+                    settle_now.push(WriteSettled {
+                        ticket: intent.ticket,
+                        id: Some(id.clone()),
+                        result: Err(WriteFailure::CacheMiss { store: name, id, route: route.0 }),
+                    });
+                    continue;
+                }
+                let (fetch, ids) =
+                    fetch_now.entry(route.0.clone()).or_insert_with(|| (super::flush::next_id(), Vec::new()));
+                ids.push(id.to_string());
+                state.parked_ids.insert(id, *fetch);
+                state.parked.entry(*fetch).or_default().push(intent);
+                continue;
+            }
+        }
+        ops.push((intent.op, intent.meta));
+        op_tickets.push(Some(intent.ticket));
+    }
+    for (route_name, (fetch, ids)) in fetch_now {
+        if let Some(route) = routes.get(&route_name) {
+            metrics.entry(name).cache_miss_fetches += 1;
+            let query = Query::filter(Filter::In {
+                field: T::ID_FIELD.into(),
+                values: ids.into_iter().map(Json::String).collect(),
+            });
+            outgoing.query(
+                route.query.clone(),
+                QueryRequest { resource: name.into(), query },
+                state.tx.clone(),
+                QueryPurpose::Fetch(fetch),
+            );
+        }
+    }
+
+    // Release writes held behind an answered write of the same record.
+    let mut to_send: Vec<Flight<T>> = Vec::new();
+    for id in releases {
+        if state.busy.get(&id).copied().unwrap_or(0) == 0
+            && let Some(q) = state.held.get_mut(&id)
+            && let Some(mut f) = q.pop_front()
+        {
+            if q.is_empty() {
+                state.held.remove(&id);
+            }
+            // The version the ack wrote back is applied in this commit: read it from the ops.
+            let v = ops.iter().rev().find_map(|(op, _)| match op {
+                Op::Writeback { id: wid, version, .. } if *wid == id => Some(*version),
+                _ => None,
+            });
+            rebase(&mut f, v.or_else(|| table.entry(&id).map(|e| e.version)));
+            *state.busy.entry(id).or_default() += 1;
+            to_send.push(f);
+        }
+    }
+
+    if ops.is_empty() && to_send.is_empty() {
+        emit(&mut settled, settle_now);
+        publish_reads(state, &mut read_done, reads_done, &mut Vec::new());
+        metrics.entry(name).in_flight = state.in_flight_count();
+        return;
+    }
+
+    // 3. One plan, one commit.
+    let validators = state.transforms.validate.clone();
+    let validate = |r: &T| validators.iter().try_for_each(|v| v(r));
+    let has_validators = !validators.is_empty();
+    let op_meta: Vec<OpMeta> = ops.iter().map(|(_, m)| m.clone()).collect();
+    let op_ids: Vec<Option<T::Id>> = ops
+        .iter()
+        .map(|(op, _)| match op {
+            Op::Create(r) | Op::Upsert { record: r, .. } => Some(r.id().clone()),
+            Op::Update { id, .. } | Op::Delete { id, .. } | Op::Patch { id, .. } => Some(id.clone()),
+            _ => None,
+        })
+        .collect();
+    let plan =
+        reduce(table, ops, Versions::Client, has_validators.then_some(&validate as &dyn Fn(&T) -> Result<(), String>));
+
+    // Results the store decided at once.
+    let mut ok_ops: Vec<bool> = vec![false; plan.results.len()];
+    for (i, r) in plan.results.iter().enumerate() {
+        let Some(ticket) = op_tickets[i] else { continue };
+        match r {
+            Ok(_) => ok_ops[i] = true,
+            Err(e) => {
+                settle_now.push(WriteSettled {
+                    ticket,
+                    id: op_ids[i].clone(),
+                    result: Err(WriteFailure::Rejected(e.clone())),
+                });
+            }
+        }
+    }
+
+    // Entries to persist, through their routes; non-optimistic routes apply on confirmation.
+    let mut deferred: HashSet<T::Id> = HashSet::new();
+    for e in &plan.entries {
+        let Some(ticket) = op_tickets[e.op] else { continue };
+        let Ok((route_name, route)) = routes.resolve(e.meta.route.as_deref(), state.route.as_deref()) else { continue };
+        let entry_id = format!("{}", ticket.0);
+        let mut wire = match to_wire(e, entry_id, &state.transforms) {
+            Ok(w) => w,
+            Err(msg) => {
+                settle_now.push(WriteSettled {
+                    ticket,
+                    id: Some(e.id.clone()),
+                    result: Err(WriteFailure::Rejected(WriteError::Invalid(msg))),
+                });
+                continue;
+            }
+        };
+        fit_unconfirmed(&mut wire);
+        if !route.policy.optimistic {
+            deferred.insert(e.id.clone());
+        }
+        let inverse: Vec<Inverse<T>> = plan.inverse.iter().filter(|i| i.op == e.op).cloned().collect();
+        let flight = Flight {
+            ticket,
+            id: e.id.clone(),
+            route: route_name.to_owned(),
+            optimistic: route.policy.optimistic,
+            inverse,
+            entry: wire,
+            value: e.value.clone(),
+        };
+        let busy = state.busy.get(&e.id).copied().unwrap_or(0) > 0 || state.held.contains_key(&e.id);
+        if busy {
+            state.held.entry(e.id.clone()).or_default().push_back(flight);
+        } else {
+            *state.busy.entry(e.id.clone()).or_default() += 1;
+            to_send.push(flight);
+        }
+    }
+    send(state, &routes, &mut outgoing, to_send);
+
+    let changes: Vec<_> = plan.changes.iter().filter(|(id, _)| !deferred.contains(id)).cloned().collect();
+    let segments: Vec<usize> = plan.segments.iter().map(|s| s.ops.len()).collect();
+    if state.history_enabled {
+        history.record(&plan, &op_meta, &ok_ops);
+    }
+    let changed: Vec<T::Id> = changes.iter().map(|(id, _)| id.clone()).collect();
+    if !changes.is_empty() {
+        let store = &mut *store;
+        store.table.apply(changes);
+        store.revision += 1;
+        let m = metrics.entry(name);
+        m.commits += 1;
+        m.index_updates += 1;
+        m.last_segments = segments;
+        m.records = store.table.len();
+        committed.write(Committed { revision: store.revision, changed: changed.clone() });
+    }
+    state.mirror_dirty.extend(changed.iter().cloned());
+    state.changed = changed;
+    emit(&mut settled, settle_now);
+    let mut local = std::mem::take(&mut state.local_reads);
+    publish_reads(state, &mut read_done, reads_done, &mut local);
+    metrics.entry(name).in_flight = state.in_flight_count();
+}
+
+fn emit<T: Record>(w: &mut MessageWriter<WriteSettled<T>>, v: Vec<WriteSettled<T>>) {
+    if !v.is_empty() {
+        w.write_batch(v);
+    }
+}
+
+type ReadDone<T> = (Ticket, Vec<<T as crate::core::Keyed>::Id>, crate::core::PageInfo, ReadSource, std::time::Duration);
+
+fn publish_reads<T: Record>(
+    _state: &mut StoreState<T>,
+    w: &mut MessageWriter<ReadFinished<T>>,
+    done: Vec<ReadDone<T>>,
+    local: &mut Vec<ReadFinished<T>>,
+) {
+    for m in local.drain(..) {
+        w.write(m);
+    }
+    for (ticket, ids, page_info, source, duration) in done {
+        w.write(ReadFinished { ticket, ids, page_info, source, duration });
+    }
+}
+
+/// Hands flights to their routes' executors (in `Last`, through `Outgoing`).
+fn send<T: Record>(state: &mut StoreState<T>, routes: &Routes, outgoing: &mut Outgoing, flights: Vec<Flight<T>>) {
+    let mut by_route: HashMap<String, Vec<Flight<T>>> = HashMap::new();
+    for f in flights {
+        by_route.entry(f.route.clone()).or_default().push(f);
+    }
+    for (route_name, flights) in by_route {
+        let Some(route) = routes.get(&route_name) else { continue };
+        let batch = super::flush::next_id();
+        let req =
+            WriteRequest { resource: state.name.into(), entries: flights.iter().map(|f| f.entry.clone()).collect() };
+        outgoing.write(route_name, route.write.clone(), req, state.tx.clone(), batch);
+        state.in_flight.insert(batch, flights);
+    }
+}
+
+/// Settles one answered flight: writeback on success; rollback (and the executor's current
+/// copy) on failure.
+fn settle_flight<T: Record>(
+    state: &mut StoreState<T>,
+    f: Flight<T>,
+    r: crate::protocol::WriteItemResult,
+    ops: &mut Vec<(Op<T>, OpMeta)>,
+    op_tickets: &mut Vec<Option<Ticket>>,
+    settle_now: &mut Vec<WriteSettled<T>>,
+) {
+    let name = state.name;
+    let sync_meta = || OpMeta { origin: Origin::Sync, ..OpMeta::default() };
+    if r.ok {
+        let record = r
+            .data
+            .and_then(|d| match d {
+                Json::Object(m) => from_json::<T>(m, state.transforms.writeback.as_ref()).ok(),
+                _ => None,
+            })
+            .or_else(|| if f.optimistic { None } else { f.value.clone() });
+        match (r.version, f.entry.action) {
+            (_, WriteAction::Delete) => {
+                if !f.optimistic {
+                    ops.push((Op::Remote { id: f.id.clone(), version: u64::MAX, record: None }, sync_meta()));
+                    op_tickets.push(None);
+                }
+            }
+            (Some(version), _) if f.optimistic => {
+                ops.push((Op::Writeback { id: f.id.clone(), version, record }, sync_meta()));
+                op_tickets.push(None);
+            }
+            (Some(version), _) => {
+                ops.push((Op::Remote { id: f.id.clone(), version, record }, sync_meta()));
+                op_tickets.push(None);
+            }
+            (None, _) => {}
+        }
+        settle_now.push(WriteSettled { ticket: f.ticket, id: Some(f.id), result: Ok(r.version) });
+        return;
+    }
+    let error = r.error.unwrap_or_else(|| StandardError::internal("a failed result without an error"));
+    // Roll back this write (and every write of the record held behind it).
+    if f.optimistic {
+        for inv in f.inverse.iter().rev() {
+            ops.push((Op::Restore { id: inv.id.clone(), entry: inv.prev.clone() }, sync_meta()));
+            op_tickets.push(None);
+        }
+    }
+    if let Some(held) = state.held.remove(&f.id) {
+        for h in held.into_iter().rev() {
+            if h.optimistic {
+                for inv in h.inverse.iter().rev() {
+                    ops.push((Op::Restore { id: inv.id.clone(), entry: inv.prev.clone() }, sync_meta()));
+                    op_tickets.push(None);
+                }
+            }
+            settle_now.push(WriteSettled {
+                ticket: h.ticket,
+                id: Some(h.id),
+                result: Err(WriteFailure::Unavailable {
+                    store: name,
+                    error: StandardError::conflict("an earlier write of this record failed"),
+                }),
+            });
+        }
+    }
+    let current = r.current.and_then(|c| {
+        let version = c.version.unwrap_or(0);
+        match c.value {
+            Some(Json::Object(m)) => {
+                from_json::<T>(m, state.transforms.inbound.as_ref()).ok().map(|r| Entry::new(r, version))
+            }
+            _ => None,
+        }
+    });
+    if let Some(cur) = &current {
+        // The executor's copy wins: write it back (after the rollback).
+        ops.push((Op::Restore { id: f.id.clone(), entry: Some(cur.clone()) }, sync_meta()));
+        op_tickets.push(None);
+    }
+    let failure = if error.is_retryable() || error.kind == crate::protocol::ErrorKind::Adapter {
+        WriteFailure::Unavailable { store: name, error }
+    } else {
+        WriteFailure::Remote { store: name, error, current: current.map(Box::new) }
+    };
+    settle_now.push(WriteSettled { ticket: f.ticket, id: Some(f.id), result: Err(failure) });
+}

@@ -1,0 +1,84 @@
+//! Routes: named pairs of executors with a policy, and their resolution.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bevy_ecs::resource::Resource;
+
+use crate::io::Executor;
+
+/// How a route treats writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoutePolicy {
+    /// Apply writes to the store at once, rolling back if the executor fails (`true`), or only
+    /// once the executor confirmed them.
+    pub optimistic: bool,
+    /// A write to a record missing from the store may fetch it first (one commit for both).
+    pub implicit_fetch: bool,
+}
+
+impl Default for RoutePolicy {
+    fn default() -> Self {
+        Self { optimistic: true, implicit_fetch: true }
+    }
+}
+
+/// A named route: a query executor, a write executor and a policy.
+#[derive(Clone)]
+pub struct Route {
+    /// Runs queries.
+    pub query: Arc<dyn Executor>,
+    /// Runs writes.
+    pub write: Arc<dyn Executor>,
+    /// The policy.
+    pub policy: RoutePolicy,
+}
+
+impl Route {
+    /// A route whose queries and writes go to one executor.
+    pub fn new(executor: impl Executor) -> Self {
+        let e: Arc<dyn Executor> = Arc::new(executor);
+        Self { query: e.clone(), write: e, policy: RoutePolicy::default() }
+    }
+    /// Sets the policy.
+    pub fn with_policy(mut self, policy: RoutePolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+}
+
+/// The registered routes and the default one.
+#[derive(Resource, Clone, Default)]
+pub struct Routes {
+    routes: HashMap<String, Route>,
+    default: Option<String>,
+}
+
+impl Routes {
+    /// Registers (or replaces) a route.
+    pub fn insert(&mut self, name: impl Into<String>, route: Route) {
+        self.routes.insert(name.into(), route);
+    }
+    /// Sets the default route.
+    pub fn set_default(&mut self, name: impl Into<String>) {
+        self.default = Some(name.into());
+    }
+    /// The default route's name.
+    pub fn default_name(&self) -> Option<&str> {
+        self.default.as_deref()
+    }
+    /// A route by name.
+    pub fn get(&self, name: &str) -> Option<&Route> {
+        self.routes.get(name)
+    }
+    /// Resolves: the op's route, else the store's, else the default. `Err` names what was
+    /// asked for when nothing resolves.
+    pub fn resolve<'a>(
+        &'a self,
+        op: Option<&'a str>,
+        store: Option<&'a str>,
+    ) -> Result<(&'a str, &'a Route), Option<String>> {
+        let name = op.or(store).or(self.default.as_deref()).ok_or(None)?;
+        self.routes.get(name).map(|r| (name, r)).ok_or_else(|| Some(name.to_owned()))
+    }
+}

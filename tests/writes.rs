@@ -1,0 +1,226 @@
+//! Writes as messages, reduced once per frame into one commit per store; all-settled results;
+//! the invariants of DESIGN.md §6, proved with `AtomaMetrics`.
+
+mod common;
+
+use atoma::Query;
+use atoma::prelude::*;
+use atoma::runtime::{Route, RoutePolicy};
+use bevy_app::{App, Update};
+use bevy_ecs::prelude::*;
+use common::*;
+
+fn metrics(app: &App) -> atoma::runtime::StoreMetrics {
+    app.world().resource::<AtomaMetrics>().store("players")
+}
+
+fn store(app: &App) -> &Store<Player> {
+    app.world().resource::<Store<Player>>()
+}
+
+#[derive(Resource, Default)]
+struct Tickets(Vec<Ticket>);
+
+#[test]
+fn a_frame_of_intents_is_one_commit_and_every_intent_settles() {
+    let mut app = app(AtomaPlugin::in_memory(), |app| {
+        app.add_store::<Player>(StoreConfig::default().index(IndexSpec::ordered("level")).index(IndexSpec::eq("name")));
+        app.init_resource::<Tickets>();
+        app.add_systems(Update, |mut w: Writer<Player>, mut t: ResMut<Tickets>, mut done: Local<bool>| {
+            if !*done {
+                *done = true;
+                for i in 0..100 {
+                    t.0.push(w.create(player(i, &format!("p{i}"), i64::from(i % 10))));
+                }
+                t.0.push(w.create(player(5, "dup", 1)));
+                t.0.push(w.update(3, |p| p.level = 99));
+                t.0.push(w.inc(4, "gold", 7));
+                t.0.push(w.delete(9));
+            }
+        });
+    });
+    app.update();
+    assert_eq!(metrics(&app).commits, 1, "104 intents, one commit");
+    assert_eq!(metrics(&app).index_updates, 1);
+    assert_eq!(store(&app).len(), 99);
+    assert_eq!(store(&app).get(&3).map(|p| p.level), Some(99));
+    assert_eq!(store(&app).get(&4).map(|p| p.gold), Some(7));
+    let results = settle::<Player>(&mut app, 104);
+    assert_eq!(results.len(), 104);
+    let tickets = app.world().resource::<Tickets>().0.clone();
+    let dup = results.iter().find(|s| s.ticket == tickets[100]).expect("duplicate settled");
+    assert!(matches!(dup.result, Err(WriteFailure::Rejected(atoma::core::WriteError::Duplicate(5)))), "{dup:?}");
+    assert_eq!(results.iter().filter(|s| s.is_ok()).count(), 103);
+    // Acks wrote the executor's versions back in a later commit.
+    assert_eq!(store(&app).entry(&1).map(|e| e.version), Some(1));
+    assert_eq!(
+        store(&app).entry(&3).map(|e| e.version),
+        Some(2),
+        "create then update of one record: versions 1 then 2"
+    );
+    // Idle frames commit nothing.
+    let commits = metrics(&app).commits;
+    for _ in 0..5 {
+        app.update();
+    }
+    assert_eq!(metrics(&app).commits, commits);
+}
+
+fn remote_app(remote: Remote, policy: RoutePolicy) -> App {
+    app(AtomaPlugin::in_memory().route("remote", Route::new(remote).with_policy(policy)), |app| {
+        app.add_store::<Player>(StoreConfig::default().route("remote"));
+    })
+}
+
+#[test]
+fn a_cache_miss_update_is_one_commit_with_its_hydrate() {
+    let remote = Remote::default();
+    seed_remote(&remote.0, &[player(1, "ann", 3)]);
+    let mut app = remote_app(remote, RoutePolicy::default());
+    assert!(store(&app).is_empty(), "a remote route loads nothing at start");
+    app.world_mut()
+        .run_system_cached(|mut w: Writer<Player>| {
+            w.update(1, |p| p.level += 1);
+        })
+        .expect("runs");
+    let results = settle::<Player>(&mut app, 1);
+    assert!(results[0].is_ok(), "{:?}", results[0].result);
+    let m = metrics(&app);
+    assert_eq!(m.cache_miss_fetches, 1);
+    // Seed 001: the hydrate and the update land in one commit (2 → 1); the ack's writeback
+    // is the second.
+    assert_eq!(m.commits, 2, "{m:?}");
+    assert_eq!(store(&app).entry(&1).map(|e| (e.record.level, e.version)), Some((4, 2)));
+}
+
+#[test]
+fn update_many_over_missing_ids_is_one_commit_not_n_plus_one() {
+    let remote = Remote::default();
+    let records: Vec<Player> = (0..50).map(|i| player(i, "x", 1)).collect();
+    seed_remote(&remote.0, &records);
+    let mut app = remote_app(remote, RoutePolicy::default());
+    app.world_mut()
+        .run_system_cached(|mut w: Writer<Player>| {
+            w.update_many(0..50, |p| p.level = 7);
+            w.update(999, |p| p.level = 7);
+        })
+        .expect("runs");
+    app.update();
+    // Wait for the fetch (one query for all 51 ids) and its commit.
+    assert!(run_until(&mut app, |app| metrics(app).commits >= 1));
+    let m = metrics(&app);
+    assert_eq!(m.cache_miss_fetches, 1, "one fetch for all missing ids");
+    assert_eq!(m.commits, 1, "hydrate of 50 + 51 updates: one commit");
+    assert!(store(&app).iter().all(|p| p.level == 7));
+    let results = settle::<Player>(&mut app, 51);
+    let missing = results.iter().find(|s| s.id == Some(999)).expect("999 settled");
+    assert!(matches!(missing.result, Err(WriteFailure::Rejected(atoma::core::WriteError::NotFound(999)))));
+}
+
+#[test]
+fn a_route_that_forbids_implicit_fetch_fails_the_write_clearly() {
+    let remote = Remote::default();
+    seed_remote(&remote.0, &[player(1, "ann", 3)]);
+    let mut app = remote_app(remote, RoutePolicy { optimistic: true, implicit_fetch: false });
+    app.world_mut()
+        .run_system_cached(|mut w: Writer<Player>| {
+            w.update(1, |p| p.level += 1);
+        })
+        .expect("runs");
+    let results = settle::<Player>(&mut app, 1);
+    let err = results[0].result.as_ref().expect_err("cache miss");
+    assert!(err.to_string().contains("forbids fetching it"), "{err}");
+    assert_eq!(metrics(&app).commits, 0);
+    assert_eq!(metrics(&app).cache_miss_fetches, 0);
+}
+
+#[test]
+fn a_failed_executor_rolls_back_exactly() {
+    let mut app = app(AtomaPlugin::in_memory().route("down", Route::new(Down)), |app| {
+        app.add_store::<Player>(StoreConfig::default().index(IndexSpec::eq("name")));
+    });
+    app.world_mut()
+        .run_system_cached(|mut w: Writer<Player>| {
+            w.create(player(1, "ann", 3));
+        })
+        .expect("runs");
+    settle::<Player>(&mut app, 1);
+    let before: Vec<Player> = store(&app).iter().cloned().collect();
+    app.world_mut()
+        .run_system_cached(|mut w: Writer<Player>| {
+            w.with(WriteOptions::default().route("down")).update(1, |p: &mut Player| p.name = "changed".into());
+            w.with(WriteOptions::default().route("down")).create(player(2, "bob", 1));
+        })
+        .expect("runs");
+    app.update();
+    assert_eq!(store(&app).get(&1).map(|p| p.name.as_str()), Some("changed"), "optimistic");
+    let results = settle::<Player>(&mut app, 2);
+    assert!(results.iter().all(|r| matches!(r.result, Err(WriteFailure::Unavailable { .. }))), "{results:?}");
+    app.update();
+    let after: Vec<Player> = store(&app).iter().cloned().collect();
+    assert_eq!(after, before, "rolled back exactly");
+    let q = Query::filter(field("name").eq("changed"));
+    assert_eq!(store(&app).query(&q).expect("runs").items.len(), 0, "the index was rolled back too");
+}
+
+#[test]
+fn an_executor_conflict_writes_back_the_current_value() {
+    let remote = Remote::default();
+    seed_remote(&remote.0, &[player(1, "ann", 3)]);
+    let mut reader_app = remote_app(remote.clone(), RoutePolicy::default());
+    reader_app
+        .world_mut()
+        .run_system_cached(|mut r: Reader<Player>| {
+            r.fetch(Query::all(), FetchPolicy::NetworkOnly);
+        })
+        .expect("runs");
+    assert!(run_until(&mut reader_app, |app| store(app).contains(&1)));
+    // Another client changes the record (version 2).
+    let mut other = remote_app(remote, RoutePolicy::default());
+    other
+        .world_mut()
+        .run_system_cached(|mut w: Writer<Player>| {
+            w.update(1, |p| p.name = "theirs".into());
+        })
+        .expect("runs");
+    assert!(settle::<Player>(&mut other, 1)[0].is_ok());
+    // Ours is based on version 1: conflict, rollback, the server's copy written back.
+    reader_app
+        .world_mut()
+        .run_system_cached(|mut w: Writer<Player>| {
+            w.update(1, |p| p.name = "mine".into());
+        })
+        .expect("runs");
+    let results = settle::<Player>(&mut reader_app, 1);
+    match &results[0].result {
+        Err(WriteFailure::Remote { error, current: Some(cur), .. }) => {
+            assert_eq!(error.code, "CONFLICT");
+            assert_eq!((cur.record.name.as_str(), cur.version), ("theirs", 2));
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    reader_app.update();
+    assert_eq!(store(&reader_app).entry(&1).map(|e| (e.record.name.clone(), e.version)), Some(("theirs".into(), 2)));
+}
+
+#[test]
+fn validation_failures_are_settled_errors_not_panics() {
+    let mut app = app(AtomaPlugin::in_memory(), |app| {
+        app.add_store::<Player>(StoreConfig::default().validate(|p: &Player| {
+            if p.level < 0 { Err(format!("level of {} may not be negative", p.id)) } else { Ok(()) }
+        }));
+    });
+    app.world_mut()
+        .run_system_cached(|mut w: Writer<Player>| {
+            w.create(player(1, "ann", -1));
+            w.create(player(2, "bob", 1));
+        })
+        .expect("runs");
+    let results = settle::<Player>(&mut app, 2);
+    let bad = results.iter().find(|r| r.id == Some(1)).expect("settled");
+    assert_eq!(
+        bad.result.as_ref().map_err(ToString::to_string).expect_err("invalid"),
+        "invalid write: level of 1 may not be negative"
+    );
+    assert!(!store(&app).contains(&1) && store(&app).contains(&2));
+}
