@@ -110,6 +110,10 @@ impl<T: Record> StoreConfig<T> {
         self.history = false;
         self
     }
+    /// The transforms (e.g. to check a seed file with [`load_seed`](crate::runtime::load_seed)).
+    pub fn transforms(&self) -> &Transforms<T> {
+        &self.transforms
+    }
     /// Seeds the store at start from a JSON file (an array of records), e.g. an item catalog
     /// under `assets/`. Seeded records are validated and indexed but never persisted.
     pub fn seed(mut self, path: impl Into<PathBuf>) -> Self {

@@ -492,15 +492,24 @@ pub(crate) fn reduce_store<T: Record>(
 
     if ops.is_empty() && to_send.is_empty() {
         emit(&mut settled, settle_now);
-        publish_reads(state, &mut read_done, reads_done, &mut Vec::new());
+        let mut local = std::mem::take(&mut state.local_reads);
+        publish_reads(&mut read_done, reads_done, &mut local);
         metrics.entry(name).in_flight = state.in_flight_count();
         return;
     }
 
     // 3. One plan, one commit.
+    // Validations, and the outbound transform: a write that could not leave is never applied.
     let validators = state.transforms.validate.clone();
-    let validate = |r: &T| validators.iter().try_for_each(|v| v(r));
-    let has_validators = !validators.is_empty();
+    let outbound = state.transforms.outbound.clone();
+    let validate = |r: &T| {
+        validators.iter().try_for_each(|v| v(r))?;
+        match &outbound {
+            Some(t) => t(r.clone()).map(drop),
+            None => Ok(()),
+        }
+    };
+    let has_validators = !validators.is_empty() || outbound.is_some();
     let op_meta: Vec<OpMeta> = ops.iter().map(|(_, m)| m.clone()).collect();
     let op_ids: Vec<Option<T::Id>> = ops
         .iter()
@@ -591,7 +600,7 @@ pub(crate) fn reduce_store<T: Record>(
     state.changed = changed;
     emit(&mut settled, settle_now);
     let mut local = std::mem::take(&mut state.local_reads);
-    publish_reads(state, &mut read_done, reads_done, &mut local);
+    publish_reads(&mut read_done, reads_done, &mut local);
     metrics.entry(name).in_flight = state.in_flight_count();
 }
 
@@ -604,7 +613,6 @@ fn emit<T: Record>(w: &mut MessageWriter<WriteSettled<T>>, v: Vec<WriteSettled<T
 type ReadDone<T> = (Ticket, Vec<<T as crate::core::Keyed>::Id>, crate::core::PageInfo, ReadSource, std::time::Duration);
 
 fn publish_reads<T: Record>(
-    _state: &mut StoreState<T>,
     w: &mut MessageWriter<ReadFinished<T>>,
     done: Vec<ReadDone<T>>,
     local: &mut Vec<ReadFinished<T>>,
