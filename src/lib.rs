@@ -4,16 +4,20 @@
 extern crate self as atoma;
 
 pub mod core;
+#[cfg(feature = "io")]
 pub mod io;
 pub mod protocol;
+#[cfg(feature = "runtime")]
 pub mod runtime;
 
 /// Everything a game needs: `use atoma::prelude::*;`.
+#[cfg(feature = "runtime")]
 pub mod prelude {
     pub use crate::core::{Dir, Filter, IndexSpec, PatchOp, Relation, field};
     pub use crate::runtime::{
-        AtomaAppExt, AtomaMetrics, AtomaPlugin, AtomaSystems, Committed, FetchPolicy, LiveQuery, MergePolicy, Mirror,
-        ReadFinished, Reader, Store, StoreConfig, Ticket, WriteFailure, WriteOptions, WriteSettled, Writer,
+        AtomaAppExt, AtomaMetrics, AtomaPlugin, AtomaSystems, Committed, FetchPolicy, History, LiveQuery, MergePolicy,
+        Mirror, MirrorEntities, MirrorOf, ReadFinished, Reader, Store, StoreConfig, Ticket, WriteFailure, WriteOptions,
+        WriteSettled, Writer,
     };
     pub use crate::{FieldValue, Fields, Record};
 }

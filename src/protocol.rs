@@ -3,10 +3,15 @@
 //! (versions, compare-and-set, patch ops).
 
 mod apply;
+mod envelope;
 mod error;
 mod write;
 
 pub use apply::{Applied, Stored, apply_entry, entry_target};
+pub use envelope::{
+    Change, ChangeKind, Meta, Notify, OpBody, OpResult, OpsData, OpsRequest, OpsResponse, PROTOCOL_VERSION,
+    PullRequest, PullResult, RemoteOp, Warning,
+};
 pub use error::{ErrorKind, StandardError};
 pub use write::{Current, ItemMeta, UpsertOptions, WireWriteEntry, WriteItem, WriteItemResult, WriteOptions};
 
