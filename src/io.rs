@@ -2,10 +2,17 @@
 //! executors. Nothing here touches the Bevy `World`; results go back to the ECS over
 //! crossbeam channels.
 
+mod batch;
 mod executor;
+mod http;
 mod local;
 mod memory;
 
+pub use batch::{
+    BatchConfig, BatchEngine, BatchEvent, FlushMode, Lane, QueryOverflow, QueueLimits, RetryPolicy, TaskContext,
+    TraceIds, Transport,
+};
 pub use executor::{BoxFuture, Executor, IoRuntime, LoadedRecord};
+pub use http::{HttpExecutor, HttpTransport};
 pub use local::{LocalExecutor, OpenError};
 pub use memory::MemoryExecutor;

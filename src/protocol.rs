@@ -61,6 +61,11 @@ pub struct WriteResult {
     pub results: Vec<WriteItemResult>,
 }
 
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Whether a resource name is valid: `[A-Za-z0-9_.-]{1,64}`.
 pub fn valid_resource(name: &str) -> bool {
     (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))

@@ -18,12 +18,12 @@ mod writer;
 
 pub use config::{StoreConfig, Transform, Transforms, Validator};
 pub use flush::IoRuntimeRes;
-pub use history::HistoryLog;
+pub use history::{History, HistoryError, HistoryLog, HistoryStep};
 pub use live::LiveQuery;
 pub use messages::{Committed, ReadFinished, ReadSource, ReadStarted, Ticket, WriteFailure, WriteIntent, WriteSettled};
 pub use metrics::{AtomaMetrics, StoreMetrics};
-pub use mirror::Mirror;
-pub use plugin::{AtomaAppExt, AtomaPlugin, AtomaStatus, AtomaSystems};
+pub use mirror::{Mirror, MirrorEntities, MirrorOf};
+pub use plugin::{AtomaAppExt, AtomaPlugin, AtomaStatus, AtomaSystems, HttpRoute};
 pub use reads::{FetchPolicy, MergePolicy, Reader};
 pub use route::{Route, RoutePolicy, Routes};
 pub use seed::{SeedError, load_seed};

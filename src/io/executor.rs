@@ -37,6 +37,10 @@ pub trait Executor: Send + Sync + 'static {
         })
     }
 
+    /// Called once at the end of every frame, after the frame's requests were handed over:
+    /// an executor that coalesces (the `http` batch engine) sends them now.
+    fn end_frame(&self) {}
+
     /// Every record of a resource, for loading a store at start-up. `None`: this executor
     /// keeps nothing locally (a remote one), so there is nothing to load.
     fn load(&self, resource: &str) -> Option<BoxFuture<Result<Vec<LoadedRecord>, StandardError>>> {
@@ -111,6 +115,9 @@ impl<E: Executor + ?Sized> Executor for Arc<E> {
     }
     fn write_many(&self, reqs: Vec<WriteRequest>) -> BoxFuture<Vec<Result<WriteResult, StandardError>>> {
         (**self).write_many(reqs)
+    }
+    fn end_frame(&self) {
+        (**self).end_frame()
     }
     fn load(&self, resource: &str) -> Option<BoxFuture<Result<Vec<LoadedRecord>, StandardError>>> {
         (**self).load(resource)

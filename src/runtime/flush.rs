@@ -67,8 +67,16 @@ pub(crate) fn has_outgoing(out: Res<Outgoing>) -> bool {
 
 /// The `Flush` system: spawns the frame's requests on the io runtime.
 pub(crate) fn flush(mut out: ResMut<Outgoing>, io: Res<IoRuntimeRes>) {
+    // Every executor that got work this frame hears `end_frame` once, after all of it.
+    let mut touched: Vec<Arc<dyn Executor>> = Vec::new();
+    let mut touch = |e: &Arc<dyn Executor>| {
+        if !touched.iter().any(|t| Arc::ptr_eq(t, e)) {
+            touched.push(e.clone());
+        }
+    };
     for (_route, (exec, slots)) in out.writes.drain() {
         let Some(exec) = exec else { continue };
+        touch(&exec);
         let (reqs, replies): (Vec<WriteRequest>, Vec<(Sender<Inbound>, u64)>) =
             slots.into_iter().map(|(req, tx, batch)| (req, (tx, batch))).unzip();
         let fut = exec.write_many(reqs);
@@ -84,6 +92,7 @@ pub(crate) fn flush(mut out: ResMut<Outgoing>, io: Res<IoRuntimeRes>) {
         });
     }
     for (exec, req, tx, purpose) in out.queries.drain(..) {
+        touch(&exec);
         let fut = exec.query(req);
         io.0.spawn(async move {
             let result = fut.await;
@@ -93,6 +102,9 @@ pub(crate) fn flush(mut out: ResMut<Outgoing>, io: Res<IoRuntimeRes>) {
             };
             let _ = tx.send(msg);
         });
+    }
+    for e in touched {
+        e.end_frame();
     }
 }
 

@@ -17,7 +17,7 @@ use super::reduce::{StoreState, from_json, has_work, reduce_store};
 use super::route::{Route, RoutePolicy, Routes};
 use super::store::Store;
 use crate::core::{Entry, Record, Table};
-use crate::io::{BoxFuture, Executor, IoRuntime, LocalExecutor, MemoryExecutor};
+use crate::io::{BatchConfig, BoxFuture, Executor, HttpExecutor, IoRuntime, LocalExecutor, MemoryExecutor};
 use crate::protocol::{QueryRequest, QueryResult, StandardError, WriteRequest, WriteResult};
 
 /// atoma's system sets, in frame order.
@@ -58,7 +58,43 @@ pub struct AtomaPlugin {
     workers: usize,
     in_memory: bool,
     routes: Vec<(String, Route)>,
+    http: Vec<(String, HttpRoute)>,
     local: Option<LocalExecutor>,
+}
+
+/// An `http` route: a server speaking the protocol, reached through the batch engine.
+#[derive(Clone, Debug)]
+pub struct HttpRoute {
+    /// The server, e.g. `http://127.0.0.1:8787`.
+    pub base_url: String,
+    /// A bearer token.
+    pub token: Option<String>,
+    /// The batch engine's settings.
+    pub batch: BatchConfig,
+    /// The route's policy.
+    pub policy: RoutePolicy,
+}
+
+impl HttpRoute {
+    /// A route to `base_url` with default settings.
+    pub fn new(base_url: impl Into<String>) -> Self {
+        Self { base_url: base_url.into(), token: None, batch: BatchConfig::default(), policy: RoutePolicy::default() }
+    }
+    /// With a bearer token.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+    /// With batch settings.
+    pub fn batch(mut self, batch: BatchConfig) -> Self {
+        self.batch = batch;
+        self
+    }
+    /// With a policy.
+    pub fn policy(mut self, policy: RoutePolicy) -> Self {
+        self.policy = policy;
+        self
+    }
 }
 
 impl Default for AtomaPlugin {
@@ -70,6 +106,7 @@ impl Default for AtomaPlugin {
             workers: 1,
             in_memory: false,
             routes: Vec::new(),
+            http: Vec::new(),
             local: None,
         }
     }
@@ -98,6 +135,11 @@ impl AtomaPlugin {
     /// Registers a route.
     pub fn route(mut self, name: impl Into<String>, route: Route) -> Self {
         self.routes.push((name.into(), route));
+        self
+    }
+    /// Registers an `http` route to a server (built on the plugin's io runtime).
+    pub fn http(mut self, name: impl Into<String>, route: HttpRoute) -> Self {
+        self.http.push((name.into(), route));
         self
     }
     /// Threads of the io runtime (default 1).
@@ -151,6 +193,19 @@ impl Plugin for AtomaPlugin {
                         "local",
                         Route::new(broken).with_policy(RoutePolicy { optimistic: false, implicit_fetch: false }),
                     );
+                }
+            }
+        }
+        for (name, spec) in &self.http {
+            let exec = match io.handle() {
+                Some(h) => HttpExecutor::new(&spec.base_url, spec.token.clone(), spec.batch.clone(), h),
+                None => Err(StandardError::adapter("NO_RUNTIME", "the io runtime is not running")),
+            };
+            match exec {
+                Ok(e) => routes.insert(name.clone(), Route::new(e).with_policy(spec.policy)),
+                Err(e) => {
+                    status.errors.push(format!("route {name}: {e}"));
+                    routes.insert(name.clone(), Route::new(Broken(e)).with_policy(spec.policy));
                 }
             }
         }
