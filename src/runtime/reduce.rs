@@ -200,6 +200,11 @@ fn to_wire<T: Record>(
         WriteAction::Delete => (WriteAction::Delete, None, None),
         WriteAction::Patch => (WriteAction::Patch, None, Some(e.patch.clone())),
     };
+    // Ask for the stored record back: fields the server sets (owner, defaults) are written
+    // back into the store with the ack.
+    if action != WriteAction::Delete {
+        options.get_or_insert_with(WriteOptions::default).returning = Some(true);
+    }
     Ok(WireWriteEntry {
         entry_id,
         action,
@@ -225,10 +230,13 @@ fn rebase<T: Record>(f: &mut Flight<T>, version: Option<u64>) {
 /// send it as a loose upsert (or, for a delete, as a delete based on what is known).
 fn fit_unconfirmed(entry: &mut WireWriteEntry) {
     if entry.item.base_version.is_none() && matches!(entry.action, WriteAction::Update) {
+        // Keep `merge` (a merge update sends only its fields) and `returning`.
+        let (merge, returning) = entry.options.as_ref().map_or((None, None), |o| (o.merge, o.returning));
         entry.action = WriteAction::Upsert;
         entry.options = Some(WriteOptions {
             upsert: Some(UpsertOptions { mode: crate::core::UpsertMode::Loose }),
-            ..WriteOptions::default()
+            merge,
+            returning,
         });
     }
 }

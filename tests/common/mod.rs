@@ -117,3 +117,5 @@ pub fn seed_remote(exec: &MemoryExecutor, records: &[Player]) {
     let r = rt.block_on(exec.write(WriteRequest { resource: "players".into(), entries })).expect("seeded");
     assert!(r.results.iter().all(|r| r.ok), "{r:?}");
 }
+
+pub mod server;
