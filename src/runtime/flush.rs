@@ -29,12 +29,14 @@ pub(crate) enum QueryPurpose {
 }
 
 type WriteSlot = (WriteRequest, Sender<Inbound>, u64);
+type RouteWrites = (Option<Arc<dyn Executor>>, Vec<WriteSlot>);
+type QuerySlot = (Arc<dyn Executor>, QueryRequest, Sender<Inbound>, QueryPurpose);
 
 /// The frame's requests, sent in `Last`.
 #[derive(Resource, Default)]
 pub(crate) struct Outgoing {
-    writes: HashMap<String, (Option<Arc<dyn Executor>>, Vec<WriteSlot>)>,
-    queries: Vec<(Arc<dyn Executor>, QueryRequest, Sender<Inbound>, QueryPurpose)>,
+    writes: HashMap<String, RouteWrites>,
+    queries: Vec<QuerySlot>,
 }
 
 impl Outgoing {

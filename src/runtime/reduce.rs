@@ -27,6 +27,9 @@ use crate::protocol::{
     WriteRequest, WriteResult,
 };
 
+/// A change from elsewhere: id, version, and the record (`None`: deleted).
+pub(crate) type PulledChange = (String, u64, Option<Map<String, Json>>);
+
 /// What the async side sends a store.
 #[derive(Debug)]
 pub(crate) enum Inbound {
@@ -38,7 +41,7 @@ pub(crate) enum Inbound {
     Read { ticket: Ticket, result: Result<QueryResult, StandardError> },
     /// Changes pulled from elsewhere (id, version, record or `None` for a delete).
     #[expect(dead_code, reason = "the sync lanes send pulled changes through here")]
-    Remote { changes: Vec<(String, u64, Option<Map<String, Json>>)> },
+    Remote { changes: Vec<PulledChange> },
 }
 
 /// A write sent to an executor and not yet answered.
@@ -261,7 +264,7 @@ pub(crate) fn reduce_store<T: Record>(
     // For each op: the ticket to settle when it is a user intent.
     let mut op_tickets: Vec<Option<Ticket>> = Vec::new();
     let mut settle_now: Vec<WriteSettled<T>> = Vec::new();
-    let mut reads_done: Vec<(Ticket, Vec<T::Id>, crate::core::PageInfo, ReadSource, std::time::Duration)> = Vec::new();
+    let mut reads_done: Vec<ReadDone<T>> = Vec::new();
     let mut releases: Vec<T::Id> = Vec::new();
     let sync_meta = || OpMeta { origin: Origin::Sync, ..OpMeta::default() };
     let table = &store.bypass_change_detection().table;
