@@ -7,6 +7,7 @@ mod executor;
 mod http;
 mod local;
 mod memory;
+pub mod outbox;
 
 pub use batch::{
     BatchConfig, BatchEngine, BatchEvent, FlushMode, Lane, QueryOverflow, QueueLimits, RetryPolicy, TaskContext,

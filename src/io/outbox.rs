@@ -1,0 +1,526 @@
+//! The durable outbox of the `sync` route, in the same redb file as the local records (so a
+//! frame's records and outbox items commit in one transaction).
+//!
+//! Items are kept in write order (a sequence number). Per record only the oldest item is ever
+//! in flight, so one record's stuck write never blocks the others, and a record's writes reach
+//! the server in order. Pending full-value updates of one record are compacted; an ack rebases
+//! the record's later items on the new version; a reject or a write that keeps failing goes to
+//! the dead letters, which the game can inspect, retry or drop.
+
+use std::collections::{HashMap, HashSet};
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use crate::core::WriteAction;
+use crate::protocol::{Current, StandardError, WireWriteEntry, entry_target};
+
+const ITEMS: TableDefinition<u64, &[u8]> = TableDefinition::new("sync/outbox");
+const KEYS: TableDefinition<&str, u64> = TableDefinition::new("sync/outbox-keys");
+const DEAD: TableDefinition<u64, &[u8]> = TableDefinition::new("sync/dead-letters");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("sync/meta");
+
+/// Where an item is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ItemState {
+    /// Waiting to be pushed.
+    Pending,
+    /// Pushed at this time (ms), not yet answered.
+    InFlight {
+        /// When it was reserved.
+        since_ms: i64,
+    },
+}
+
+/// One queued write.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboxItem {
+    /// Its place in write order.
+    pub seq: u64,
+    /// The store.
+    pub resource: String,
+    /// The record.
+    pub entity_id: String,
+    /// The write, as it will go on the wire.
+    pub entry: WireWriteEntry,
+    /// Pending or in flight.
+    pub state: ItemState,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// Not before this time (ms).
+    pub next_attempt_ms: i64,
+    /// When the game made the write (ms).
+    pub created_ms: i64,
+}
+
+/// A write that will not go through by itself.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetter {
+    /// The write.
+    pub item: OutboxItem,
+    /// Why it stopped.
+    pub error: StandardError,
+    /// The server's copy, when it rejected the write with a conflict.
+    pub current: Option<Current>,
+}
+
+/// How an item's push ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// Applied: the server's version (absent after a delete).
+    Acked {
+        /// The new version.
+        version: Option<u64>,
+    },
+    /// Refused for good (a conflict, a validation error, no access).
+    Rejected {
+        /// Why.
+        error: StandardError,
+        /// The server's copy on a conflict.
+        current: Option<Current>,
+    },
+    /// Failed for now (network, 5xx): try again after `retry_at_ms`.
+    Retry {
+        /// Why.
+        error: StandardError,
+        /// When to try again.
+        retry_at_ms: i64,
+    },
+}
+
+/// Counts for status displays.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutboxStats {
+    /// Waiting.
+    pub pending: usize,
+    /// Pushed, not answered.
+    pub in_flight: usize,
+    /// Dead letters.
+    pub dead: usize,
+    /// The highest sequence number handed out so far.
+    pub last_seq: u64,
+}
+
+fn storage(e: impl std::fmt::Display) -> StandardError {
+    StandardError::adapter("STORAGE", format!("outbox: {e}")).retryable()
+}
+
+fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, StandardError> {
+    serde_json::to_vec(v).map_err(|e| StandardError::internal(format!("outbox encoding: {e}")))
+}
+
+fn dec<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, StandardError> {
+    serde_json::from_slice(b).map_err(|e| StandardError::adapter("CORRUPT_OUTBOX", format!("outbox item: {e}")))
+}
+
+/// Queues write entries inside the caller's transaction (the frame's). Entries whose
+/// idempotency key is queued already are skipped. Returns the sequence numbers used.
+pub fn enqueue(
+    txn: &WriteTransaction,
+    resource: &str,
+    entries: &[WireWriteEntry],
+    now_ms: i64,
+) -> Result<Vec<u64>, StandardError> {
+    let mut items = txn.open_table(ITEMS).map_err(storage)?;
+    let mut keys = txn.open_table(KEYS).map_err(storage)?;
+    let mut meta = txn.open_table(META).map_err(storage)?;
+    let mut seq = match meta.get("next-seq").map_err(storage)? {
+        Some(v) => u64::from_le_bytes(
+            v.value().try_into().map_err(|_| StandardError::adapter("CORRUPT_OUTBOX", "bad sequence"))?,
+        ),
+        None => 1,
+    };
+    let mut used = Vec::with_capacity(entries.len());
+    for e in entries {
+        let key = format!("{resource}\u{0}{}", e.item.meta.idempotency_key);
+        if keys.get(key.as_str()).map_err(storage)?.is_some() {
+            continue;
+        }
+        let Some(entity_id) = entry_target(e) else {
+            return Err(StandardError::invalid_write("a sync write needs its record's id"));
+        };
+        let item = OutboxItem {
+            seq,
+            resource: resource.to_owned(),
+            entity_id,
+            entry: e.clone(),
+            state: ItemState::Pending,
+            attempts: 0,
+            next_attempt_ms: 0,
+            created_ms: now_ms,
+        };
+        items.insert(seq, enc(&item)?.as_slice()).map_err(storage)?;
+        keys.insert(key.as_str(), seq).map_err(storage)?;
+        used.push(seq);
+        seq += 1;
+    }
+    meta.insert("next-seq", seq.to_le_bytes().as_slice()).map_err(storage)?;
+    Ok(used)
+}
+
+fn all_items(txn: &WriteTransaction) -> Result<Vec<OutboxItem>, StandardError> {
+    let items = txn.open_table(ITEMS).map_err(storage)?;
+    let mut out = Vec::new();
+    for row in items.iter().map_err(storage)? {
+        let (_, v) = row.map_err(storage)?;
+        out.push(dec::<OutboxItem>(v.value())?);
+    }
+    Ok(out)
+}
+
+fn put(txn: &WriteTransaction, item: &OutboxItem) -> Result<(), StandardError> {
+    let mut items = txn.open_table(ITEMS).map_err(storage)?;
+    items.insert(item.seq, enc(item)?.as_slice()).map_err(storage)?;
+    Ok(())
+}
+
+fn remove(txn: &WriteTransaction, item: &OutboxItem) -> Result<(), StandardError> {
+    let mut items = txn.open_table(ITEMS).map_err(storage)?;
+    items.remove(item.seq).map_err(storage)?;
+    let mut keys = txn.open_table(KEYS).map_err(storage)?;
+    keys.remove(format!("{}\u{0}{}", item.resource, item.entry.item.meta.idempotency_key).as_str()).map_err(storage)?;
+    Ok(())
+}
+
+/// A full-value write (its value is the whole record), which a later one can replace.
+fn full_value(e: &WireWriteEntry) -> bool {
+    let merge = e.options.as_ref().and_then(|o| o.merge) == Some(true);
+    matches!(e.action, WriteAction::Update | WriteAction::Upsert) && !merge
+}
+
+/// Reserves up to `max` items to push: per record only its oldest item, and only when it is
+/// not in flight or waiting out a backoff. A record's later full-value updates are compacted
+/// into the oldest first (one write instead of many).
+pub fn reserve(db: &Database, max: usize, now_ms: i64) -> Result<Vec<OutboxItem>, StandardError> {
+    let txn = db.begin_write().map_err(storage)?;
+    let mut out = Vec::new();
+    {
+        let items = all_items(&txn)?;
+        let mut by_record: HashMap<(String, String), Vec<OutboxItem>> = HashMap::new();
+        let mut order: Vec<(String, String)> = Vec::new();
+        for it in items {
+            let k = (it.resource.clone(), it.entity_id.clone());
+            by_record.entry(k.clone()).or_insert_with(|| {
+                order.push(k.clone());
+                Vec::new()
+            });
+            if let Some(v) = by_record.get_mut(&k) {
+                v.push(it);
+            }
+        }
+        // Oldest records first (by their first item's sequence).
+        for k in order {
+            if out.len() >= max {
+                break;
+            }
+            let Some(list) = by_record.get_mut(&k) else { continue };
+            let Some(first) = list.first() else { continue };
+            if matches!(first.state, ItemState::InFlight { .. }) || first.next_attempt_ms > now_ms {
+                continue;
+            }
+            let mut head = list.remove(0);
+            // Compact: later full-value updates of the record replace the head's value.
+            if full_value(&head.entry) || head.entry.action == WriteAction::Create {
+                while let Some(next) = list.first() {
+                    if !full_value(&next.entry) {
+                        break;
+                    }
+                    let next = list.remove(0);
+                    head.entry.item.value = next.entry.item.value.clone();
+                    remove(&txn, &next)?;
+                }
+            }
+            head.state = ItemState::InFlight { since_ms: now_ms };
+            put(&txn, &head)?;
+            out.push(head);
+        }
+    }
+    txn.commit().map_err(storage)?;
+    Ok(out)
+}
+
+/// Records how pushed items ended: acked items leave (their record's later items are rebased
+/// on the new version), rejected ones become dead letters, failed ones wait for a retry — or
+/// become dead letters after `max_attempts`.
+pub fn settle(db: &Database, outcomes: &[(u64, Outcome)], max_attempts: u32) -> Result<(), StandardError> {
+    let txn = db.begin_write().map_err(storage)?;
+    {
+        let items = all_items(&txn)?;
+        let by_seq: HashMap<u64, &OutboxItem> = items.iter().map(|i| (i.seq, i)).collect();
+        let mut rebases: Vec<(String, String, u64)> = Vec::new();
+        let mut dead = txn.open_table(DEAD).map_err(storage)?;
+        for (seq, outcome) in outcomes {
+            let Some(item) = by_seq.get(seq) else { continue };
+            match outcome {
+                Outcome::Acked { version } => {
+                    remove(&txn, item)?;
+                    if let Some(v) = version {
+                        rebases.push((item.resource.clone(), item.entity_id.clone(), *v));
+                    }
+                }
+                Outcome::Rejected { error, current } => {
+                    remove(&txn, item)?;
+                    let letter = DeadLetter { item: (*item).clone(), error: error.clone(), current: current.clone() };
+                    dead.insert(*seq, enc(&letter)?.as_slice()).map_err(storage)?;
+                }
+                Outcome::Retry { error, retry_at_ms } => {
+                    let mut it = (*item).clone();
+                    it.attempts += 1;
+                    if it.attempts >= max_attempts {
+                        remove(&txn, item)?;
+                        let letter = DeadLetter { item: it, error: error.clone(), current: None };
+                        dead.insert(*seq, enc(&letter)?.as_slice()).map_err(storage)?;
+                    } else {
+                        it.state = ItemState::Pending;
+                        it.next_attempt_ms = *retry_at_ms;
+                        put(&txn, &it)?;
+                    }
+                }
+            }
+        }
+        // Later writes of an acked record are based on the version the server gave it.
+        let acked: HashSet<u64> =
+            outcomes.iter().filter(|(_, o)| matches!(o, Outcome::Acked { .. })).map(|(s, _)| *s).collect();
+        for (resource, entity, version) in rebases {
+            for it in
+                items.iter().filter(|i| i.resource == resource && i.entity_id == entity && !acked.contains(&i.seq))
+            {
+                if it.entry.action == WriteAction::Create {
+                    continue;
+                }
+                let mut it = it.clone();
+                it.entry.item.base_version = Some(version);
+                put(&txn, &it)?;
+            }
+        }
+    }
+    txn.commit().map_err(storage)?;
+    Ok(())
+}
+
+/// Returns in-flight items reserved before `older_than_ms` to pending (all of them at start:
+/// pass `i64::MAX`). Returns how many.
+pub fn recover(db: &Database, older_than_ms: i64) -> Result<usize, StandardError> {
+    let txn = db.begin_write().map_err(storage)?;
+    let mut n = 0;
+    for mut it in all_items(&txn)? {
+        if let ItemState::InFlight { since_ms } = it.state
+            && since_ms < older_than_ms
+        {
+            it.state = ItemState::Pending;
+            put(&txn, &it)?;
+            n += 1;
+        }
+    }
+    txn.commit().map_err(storage)?;
+    Ok(n)
+}
+
+/// The dead letters, oldest first.
+pub fn dead_letters(db: &Database) -> Result<Vec<DeadLetter>, StandardError> {
+    let txn = db.begin_read().map_err(storage)?;
+    let table = match txn.open_table(DEAD) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(storage(e)),
+    };
+    let mut out = Vec::new();
+    for row in table.iter().map_err(storage)? {
+        let (_, v) = row.map_err(storage)?;
+        out.push(dec(v.value())?);
+    }
+    Ok(out)
+}
+
+/// Puts a dead letter back in the outbox (as pending, attempts reset), or drops it.
+pub fn resolve_dead(db: &Database, seq: u64, retry: bool) -> Result<bool, StandardError> {
+    let txn = db.begin_write().map_err(storage)?;
+    let found = {
+        let mut dead = txn.open_table(DEAD).map_err(storage)?;
+        let letter: Option<DeadLetter> = match dead.remove(seq).map_err(storage)? {
+            Some(v) => Some(dec(v.value())?),
+            None => None,
+        };
+        if let (Some(l), true) = (&letter, retry) {
+            let mut it = l.item.clone();
+            it.state = ItemState::Pending;
+            it.attempts = 0;
+            it.next_attempt_ms = 0;
+            put(&txn, &it)?;
+            let mut keys = txn.open_table(KEYS).map_err(storage)?;
+            keys.insert(format!("{}\u{0}{}", it.resource, it.entry.item.meta.idempotency_key).as_str(), it.seq)
+                .map_err(storage)?;
+        }
+        letter.is_some()
+    };
+    txn.commit().map_err(storage)?;
+    Ok(found)
+}
+
+/// Counts.
+pub fn stats(db: &Database) -> Result<OutboxStats, StandardError> {
+    let txn = db.begin_write().map_err(storage)?;
+    let items = all_items(&txn)?;
+    let dead = txn.open_table(DEAD).map_err(storage)?.len().map_err(storage)? as usize;
+    let last_seq = {
+        let meta = txn.open_table(META).map_err(storage)?;
+        let v = meta
+            .get("next-seq")
+            .map_err(storage)?
+            .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
+            .map_or(1, u64::from_le_bytes);
+        v.saturating_sub(1)
+    };
+    txn.abort().map_err(storage)?;
+    let in_flight = items.iter().filter(|i| matches!(i.state, ItemState::InFlight { .. })).count();
+    Ok(OutboxStats { pending: items.len() - in_flight, in_flight, dead, last_seq })
+}
+
+/// The lowest sequence number still in the outbox (`None`: empty) — for barriers.
+pub fn oldest_seq(db: &Database) -> Result<Option<u64>, StandardError> {
+    let txn = db.begin_read().map_err(storage)?;
+    let table = match txn.open_table(ITEMS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(storage(e)),
+    };
+    Ok(table.first().map_err(storage)?.map(|(k, _)| k.value()))
+}
+
+/// Reads a sync cursor (`"0"` when none).
+pub fn cursor(db: &Database, name: &str) -> Result<String, StandardError> {
+    let txn = db.begin_read().map_err(storage)?;
+    let table = match txn.open_table(META) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok("0".into()),
+        Err(e) => return Err(storage(e)),
+    };
+    Ok(table
+        .get(format!("cursor/{name}").as_str())
+        .map_err(storage)?
+        .map_or_else(|| "0".into(), |v| String::from_utf8_lossy(v.value()).into_owned()))
+}
+
+/// Stores a sync cursor inside the caller's transaction (with the pulled records).
+pub fn set_cursor(txn: &WriteTransaction, name: &str, cursor: &str) -> Result<(), StandardError> {
+    let mut meta = txn.open_table(META).map_err(storage)?;
+    meta.insert(format!("cursor/{name}").as_str(), cursor.as_bytes()).map_err(storage)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{ItemMeta, WriteItem};
+
+    fn db(name: &str) -> Database {
+        let p = std::env::temp_dir().join(format!("atoma-outbox-{name}-{}.redb", std::process::id()));
+        let _ = std::fs::remove_file(&p);
+        Database::create(&p).expect("db")
+    }
+
+    fn entry(action: WriteAction, id: &str, key: &str, value: serde_json::Value, base: Option<u64>) -> WireWriteEntry {
+        WireWriteEntry {
+            entry_id: key.into(),
+            action,
+            item: WriteItem {
+                entity_id: Some(id.into()),
+                base_version: base,
+                value: Some(value),
+                ops: None,
+                meta: ItemMeta { idempotency_key: key.into(), client_time_ms: 1 },
+            },
+            options: None,
+        }
+    }
+
+    fn put_all(db: &Database, entries: &[WireWriteEntry]) -> Vec<u64> {
+        let txn = db.begin_write().expect("txn");
+        let seqs = enqueue(&txn, "players", entries, 0).expect("enqueue");
+        txn.commit().expect("commit");
+        seqs
+    }
+
+    #[test]
+    fn enqueue_dedupes_by_idempotency_key() {
+        let db = db("dedupe");
+        let e = entry(WriteAction::Create, "a", "k1", serde_json::json!({"n": 1}), None);
+        assert_eq!(put_all(&db, &[e.clone(), e.clone()]), [1]);
+        assert_eq!(put_all(&db, &[e]), Vec::<u64>::new());
+        assert_eq!(stats(&db).expect("stats").pending, 1);
+    }
+
+    #[test]
+    fn one_in_flight_per_record_compaction_and_rebase() {
+        let db = db("order");
+        put_all(
+            &db,
+            &[
+                entry(WriteAction::Update, "a", "k1", serde_json::json!({"n": 1}), Some(3)),
+                entry(WriteAction::Update, "a", "k2", serde_json::json!({"n": 2}), Some(3)),
+                entry(WriteAction::Create, "b", "k3", serde_json::json!({"n": 1}), None),
+                entry(WriteAction::Delete, "a", "k4", serde_json::json!({}), Some(3)),
+            ],
+        );
+        let got = reserve(&db, 10, 100).expect("reserve");
+        // a's two updates are one write carrying the later value; b is independent; a's
+        // delete waits behind a's update.
+        assert_eq!(got.iter().map(|i| (i.entity_id.as_str(), i.seq)).collect::<Vec<_>>(), [("a", 1), ("b", 3)]);
+        assert_eq!(got[0].entry.item.value, Some(serde_json::json!({"n": 2})));
+        assert!(reserve(&db, 10, 100).expect("reserve").is_empty(), "nothing else is eligible while they fly");
+        settle(&db, &[(1, Outcome::Acked { version: Some(4) }), (3, Outcome::Acked { version: Some(1) })], 5)
+            .expect("settle");
+        let next = reserve(&db, 10, 200).expect("reserve");
+        assert_eq!(next.len(), 1);
+        assert_eq!((next[0].seq, next[0].entry.item.base_version), (4, Some(4)), "rebased on the acked version");
+    }
+
+    #[test]
+    fn rejects_and_stuck_writes_become_dead_letters_without_blocking_others() {
+        let db = db("dead");
+        put_all(
+            &db,
+            &[
+                entry(WriteAction::Update, "a", "k1", serde_json::json!({}), Some(1)),
+                entry(WriteAction::Update, "b", "k2", serde_json::json!({}), Some(1)),
+            ],
+        );
+        let got = reserve(&db, 10, 0).expect("reserve");
+        assert_eq!(got.len(), 2);
+        let conflict = StandardError::conflict("stale");
+        let retry = StandardError::adapter("NETWORK", "down").retryable();
+        settle(
+            &db,
+            &[
+                (1, Outcome::Rejected { error: conflict.clone(), current: None }),
+                (2, Outcome::Retry { error: retry.clone(), retry_at_ms: 50 }),
+            ],
+            2,
+        )
+        .expect("settle");
+        assert_eq!(dead_letters(&db).expect("dead").len(), 1);
+        assert!(reserve(&db, 10, 10).expect("reserve").is_empty(), "b waits out its backoff");
+        let again = reserve(&db, 10, 60).expect("reserve");
+        assert_eq!(again.len(), 1);
+        settle(&db, &[(2, Outcome::Retry { error: retry, retry_at_ms: 70 })], 2).expect("settle");
+        let dead = dead_letters(&db).expect("dead");
+        assert_eq!(dead.len(), 2, "b failed twice: stuck");
+        assert_eq!(stats(&db).expect("stats").pending, 0);
+        assert!(resolve_dead(&db, 2, true).expect("retry"));
+        assert!(resolve_dead(&db, 1, false).expect("drop"));
+        assert_eq!(stats(&db).expect("stats"), OutboxStats { pending: 1, in_flight: 0, dead: 0, last_seq: 2 });
+    }
+
+    #[test]
+    fn in_flight_items_recover() {
+        let db = db("recover");
+        put_all(&db, &[entry(WriteAction::Update, "a", "k1", serde_json::json!({}), Some(1))]);
+        assert_eq!(reserve(&db, 10, 1000).expect("reserve").len(), 1);
+        assert_eq!(recover(&db, 500).expect("recover"), 0, "not timed out yet");
+        assert_eq!(recover(&db, i64::MAX).expect("recover"), 1);
+        assert_eq!(reserve(&db, 10, 1000).expect("reserve").len(), 1);
+    }
+}
