@@ -8,6 +8,7 @@ mod http;
 mod local;
 mod memory;
 pub mod outbox;
+mod sync;
 
 pub use batch::{
     BatchConfig, BatchEngine, BatchEvent, FlushMode, Lane, QueryOverflow, QueueLimits, RetryPolicy, TaskContext,
@@ -17,3 +18,4 @@ pub use executor::{BoxFuture, Executor, IoRuntime, LoadedRecord};
 pub use http::{HttpExecutor, HttpTransport};
 pub use local::{LocalExecutor, OpenError};
 pub use memory::MemoryExecutor;
+pub use sync::{SyncChange, SyncConfig, SyncEngine, SyncEvent, SyncMode, SyncOutput};

@@ -506,7 +506,8 @@ impl<R: Keyed + Serialize + DeserializeOwned> Reducer<'_, R> {
                 let Some(cur) = self.current(&id) else { return Err(WriteError::NotFound(id)) };
                 let commutative = ops.iter().all(PatchOp::is_commutative);
                 self.check_base(&id, base_version, cur, !commutative)?;
-                let base = base_version.or(confirmed(Some(cur)));
+                // Commutative ops go without a base version: hot counters never conflict.
+                let base = if commutative { base_version } else { base_version.or(confirmed(Some(cur))) };
                 let mut m = to_map(&cur.record).map_err(WriteError::Invalid)?;
                 apply_patch(&mut m, &ops).map_err(|e| WriteError::Invalid(e.to_string()))?;
                 let next: R = from_map(m).map_err(WriteError::Invalid)?;

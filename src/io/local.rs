@@ -2,10 +2,12 @@
 //!
 //! One table per store (`records/<store>`: id → version ‖ JSON) and one table of idempotency
 //! keys. All of a frame's writes — every store's — commit in one durable redb transaction.
-//! Versions and compare-and-set follow the protocol, so a local store behaves like a server.
+//! Versions and compare-and-set follow the protocol, so a local store behaves like a server;
+//! like the server, it keeps idempotency keys for a window (7 days), then forgets them.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -17,6 +19,12 @@ use crate::protocol::{
 };
 
 const REPLAYS: TableDefinition<&str, &[u8]> = TableDefinition::new("atoma/idempotency");
+/// When each idempotency key was stored: `ms (big-endian) ‖ key` → (), so the expired ones are a
+/// prefix of the table.
+const REPLAY_TIMES: TableDefinition<&[u8], ()> = TableDefinition::new("atoma/idempotency-times");
+
+/// How long idempotency keys are kept (PROTOCOL.md: 7 days).
+pub const REPLAY_WINDOW: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
 /// Why a data file could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -48,11 +56,63 @@ pub enum OpenError {
     },
 }
 
-/// The `local` executor. Clones share the open database.
+/// The `local` executor. Clones share the open database and its writer thread.
+///
+/// Writes run on a thread of their own, in the order they were handed over, and start the
+/// moment [`Executor::write_many`] is called — not when its future is first polled — so a
+/// frame's writes land even if the async runtime shuts down right after the flush (as it does
+/// on `AppExit`). Dropping the last clone waits for the writes already handed over, then
+/// closes the file.
 #[derive(Clone)]
 pub struct LocalExecutor {
+    db: Db,
+    writer: Arc<WriterThread>,
+}
+
+/// The open file: what the writer thread and the blocking read tasks need.
+#[derive(Clone)]
+struct Db {
     db: Arc<Database>,
     path: Arc<PathBuf>,
+    replay_window: Duration,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The thread that runs write transactions, one after the other.
+struct WriterThread {
+    jobs: Option<crossbeam_channel::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WriterThread {
+    fn start() -> std::io::Result<Self> {
+        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        let thread = std::thread::Builder::new().name("atoma-local-writer".into()).spawn(move || {
+            for job in rx {
+                // A panicking job drops its reply sender: its caller gets an error, and the
+                // thread carries on with the next one.
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+            }
+        })?;
+        Ok(Self { jobs: Some(tx), thread: Some(thread) })
+    }
+
+    fn submit(&self, job: Job) -> bool {
+        self.jobs.as_ref().is_some_and(|j| j.send(job).is_ok())
+    }
+}
+
+impl Drop for WriterThread {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread once the queued writes are done.
+        drop(self.jobs.take());
+        if let Some(t) = self.thread.take()
+            && t.thread().id() != std::thread::current().id()
+        {
+            let _ = t.join();
+        }
+    }
 }
 
 fn table_name(resource: &str) -> String {
@@ -80,6 +140,39 @@ fn storage(e: impl std::fmt::Display) -> StandardError {
     StandardError::adapter("STORAGE", format!("local data file: {e}")).retryable()
 }
 
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn replay_time_key(ms: u64, key: &str) -> Vec<u8> {
+    let mut k = ms.to_be_bytes().to_vec();
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// Forgets up to `limit` idempotency keys stored at or before `cutoff_ms` (oldest first).
+fn expire_replays(
+    replays: &mut redb::Table<&str, &[u8]>,
+    times: &mut redb::Table<&[u8], ()>,
+    cutoff_ms: u64,
+    limit: usize,
+) -> Result<(), StandardError> {
+    let end = (cutoff_ms.saturating_add(1)).to_be_bytes();
+    let expired: Vec<Vec<u8>> = times
+        .range::<&[u8]>(..&end[..])
+        .map_err(storage)?
+        .take(limit)
+        .map(|item| item.map(|(k, _)| k.value().to_vec()).map_err(storage))
+        .collect::<Result<_, _>>()?;
+    for k in expired {
+        times.remove(k.as_slice()).map_err(storage)?;
+        if let Some(Ok(key)) = k.get(8..).map(std::str::from_utf8) {
+            replays.remove(key).map_err(storage)?;
+        }
+    }
+    Ok(())
+}
+
 impl LocalExecutor {
     /// Opens (or creates) the data file, creating its folder.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, OpenError> {
@@ -88,27 +181,61 @@ impl LocalExecutor {
             std::fs::create_dir_all(dir).map_err(|source| OpenError::Io { path: path.clone(), source })?;
         }
         let db = Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => OpenError::Locked { path: path.clone() },
+            // `LockProtocolMismatch`: another process has it open with another redb version.
+            redb::DatabaseError::DatabaseAlreadyOpen | redb::DatabaseError::LockProtocolMismatch => {
+                OpenError::Locked { path: path.clone() }
+            }
             redb::DatabaseError::Storage(redb::StorageError::Io(source))
                 if source.kind() == std::io::ErrorKind::WouldBlock =>
             {
                 OpenError::Locked { path: path.clone() }
+            }
+            // redb reports a file that is not a redb database at all ("magic number mismatch")
+            // as an IO error of kind `InvalidData`: that is a damaged file, not an IO failure.
+            redb::DatabaseError::Storage(redb::StorageError::Io(source))
+                if source.kind() == std::io::ErrorKind::InvalidData =>
+            {
+                OpenError::Corrupt { path: path.clone(), reason: source.to_string() }
             }
             redb::DatabaseError::Storage(redb::StorageError::Io(source)) => {
                 OpenError::Io { path: path.clone(), source }
             }
             other => OpenError::Corrupt { path: path.clone(), reason: other.to_string() },
         })?;
-        Ok(Self { db: Arc::new(db), path: Arc::new(path) })
+        let writer = WriterThread::start().map_err(|source| OpenError::Io { path: path.clone(), source })?;
+        Ok(Self {
+            db: Db { db: Arc::new(db), path: Arc::new(path), replay_window: REPLAY_WINDOW },
+            writer: Arc::new(writer),
+        })
+    }
+
+    /// How long a repeated idempotency key replays its first result (default
+    /// [`REPLAY_WINDOW`], 7 days). Older keys are forgotten, a few with each write, so the
+    /// file does not grow with every write ever made.
+    pub fn replay_window(mut self, window: Duration) -> Self {
+        self.db.replay_window = window;
+        self
     }
 
     /// The data file.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.db.path
     }
 
     /// Every record of a resource, read now (blocking).
     pub fn load_now(&self, resource: &str) -> Result<Vec<LoadedRecord>, StandardError> {
+        self.db.load_now(resource)
+    }
+
+    /// Applies requests in one transaction (blocking, on the caller's thread): all of them
+    /// commit durably, or none.
+    pub fn write_now(&self, reqs: &[WriteRequest]) -> Result<Vec<WriteResult>, StandardError> {
+        self.db.write_now(reqs)
+    }
+}
+
+impl Db {
+    fn load_now(&self, resource: &str) -> Result<Vec<LoadedRecord>, StandardError> {
         let name = table_name(resource);
         let def: TableDefinition<&str, &[u8]> = TableDefinition::new(&name);
         let txn = self.db.begin_read().map_err(storage)?;
@@ -141,12 +268,17 @@ impl LocalExecutor {
         })
     }
 
-    /// Applies requests in one transaction (blocking): all of them commit durably, or none.
-    pub fn write_now(&self, reqs: &[WriteRequest]) -> Result<Vec<WriteResult>, StandardError> {
+    fn write_now(&self, reqs: &[WriteRequest]) -> Result<Vec<WriteResult>, StandardError> {
         let txn = self.db.begin_write().map_err(storage)?;
         let mut out = Vec::with_capacity(reqs.len());
         {
             let mut replays = txn.open_table(REPLAYS).map_err(storage)?;
+            let mut times = txn.open_table(REPLAY_TIMES).map_err(storage)?;
+            let now = now_ms();
+            let window = u64::try_from(self.replay_window.as_millis()).unwrap_or(u64::MAX);
+            // Forget more keys than this transaction can add, so expiry keeps up.
+            let entries: usize = reqs.iter().map(|r| r.entries.len()).sum();
+            expire_replays(&mut replays, &mut times, now.saturating_sub(window), 64 + 2 * entries)?;
             for req in reqs {
                 if !valid_resource(&req.resource) {
                     return Err(StandardError::invalid_write(format!("bad resource name {:?}", req.resource)));
@@ -157,12 +289,12 @@ impl LocalExecutor {
                 let mut results = Vec::with_capacity(req.entries.len());
                 for e in &req.entries {
                     let key = format!("{}\u{0}{}", req.resource, e.item.meta.idempotency_key);
-                    if let Some(prev) = replays.get(key.as_str()).map_err(storage)? {
-                        if let Ok(mut r) = serde_json::from_slice::<WriteItemResult>(prev.value()) {
-                            r.entry_id = e.entry_id.clone();
-                            results.push(r);
-                            continue;
-                        }
+                    if let Some(prev) = replays.get(key.as_str()).map_err(storage)?
+                        && let Ok(mut r) = serde_json::from_slice::<WriteItemResult>(prev.value())
+                    {
+                        r.entry_id = e.entry_id.clone();
+                        results.push(r);
+                        continue;
                     }
                     let target = entry_target(e);
                     let cur = match &target {
@@ -197,6 +329,7 @@ impl LocalExecutor {
                     if r.ok {
                         let bytes = serde_json::to_vec(&r).map_err(|e| StandardError::internal(e.to_string()))?;
                         replays.insert(key.as_str(), bytes.as_slice()).map_err(storage)?;
+                        times.insert(replay_time_key(now, &key).as_slice(), ()).map_err(storage)?;
                     }
                     results.push(r);
                 }
@@ -210,9 +343,9 @@ impl LocalExecutor {
 
 impl Executor for LocalExecutor {
     fn query(&self, req: QueryRequest) -> BoxFuture<Result<QueryResult, StandardError>> {
-        let this = self.clone();
+        let db = self.db.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || this.query_now(&req))
+            tokio::task::spawn_blocking(move || db.query_now(&req))
                 .await
                 .unwrap_or_else(|e| Err(StandardError::internal(format!("local query task: {e}"))))
         })
@@ -226,12 +359,22 @@ impl Executor for LocalExecutor {
     }
 
     fn write_many(&self, reqs: Vec<WriteRequest>) -> BoxFuture<Vec<Result<WriteResult, StandardError>>> {
-        let this = self.clone();
+        let n = reqs.len();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let db = self.db.clone();
+        // Handed to the writer thread now: the transaction runs whether or not the returned
+        // future is ever polled.
+        let queued = self.writer.submit(Box::new(move || {
+            let _ = reply.send(db.write_now(&reqs));
+        }));
         Box::pin(async move {
-            let n = reqs.len();
-            let r = tokio::task::spawn_blocking(move || this.write_now(&reqs))
-                .await
-                .unwrap_or_else(|e| Err(StandardError::internal(format!("local write task: {e}"))));
+            let r = if queued {
+                answer
+                    .await
+                    .unwrap_or_else(|_| Err(StandardError::internal("the local writer failed before answering")))
+            } else {
+                Err(StandardError::internal("the local writer thread has stopped"))
+            };
             match r {
                 Ok(results) => results.into_iter().map(Ok).collect(),
                 Err(e) => vec![Err(e); n],
@@ -240,12 +383,14 @@ impl Executor for LocalExecutor {
     }
 
     fn load(&self, resource: &str) -> Option<BoxFuture<Result<Vec<LoadedRecord>, StandardError>>> {
-        let this = self.clone();
+        let db = self.db.clone();
         let resource = resource.to_owned();
         Some(Box::pin(async move {
-            tokio::task::spawn_blocking(move || this.load_now(&resource))
+            tokio::task::spawn_blocking(move || db.load_now(&resource))
                 .await
                 .unwrap_or_else(|e| Err(StandardError::internal(format!("local load task: {e}"))))
         }))
     }
 }
+
+mod sync_support;

@@ -185,6 +185,13 @@ fn remove(txn: &WriteTransaction, item: &OutboxItem) -> Result<(), StandardError
     Ok(())
 }
 
+/// A patch of commutative ops sent without a base version: it never needs one.
+fn commutative(e: &WireWriteEntry) -> bool {
+    e.action == WriteAction::Patch
+        && e.item.base_version.is_none()
+        && e.item.ops.as_ref().is_some_and(|ops| ops.iter().all(|o| o.is_commutative()))
+}
+
 /// A full-value write (its value is the whole record), which a later one can replace.
 fn full_value(e: &WireWriteEntry) -> bool {
     let merge = e.options.as_ref().and_then(|o| o.merge) == Some(true);
@@ -247,8 +254,15 @@ pub fn reserve(db: &Database, max: usize, now_ms: i64) -> Result<Vec<OutboxItem>
 /// become dead letters after `max_attempts`.
 pub fn settle(db: &Database, outcomes: &[(u64, Outcome)], max_attempts: u32) -> Result<(), StandardError> {
     let txn = db.begin_write().map_err(storage)?;
+    settle_in(&txn, outcomes, max_attempts)?;
+    txn.commit().map_err(storage)?;
+    Ok(())
+}
+
+/// [`settle`] inside the caller's transaction (with the local writebacks of the acks).
+pub fn settle_in(txn: &WriteTransaction, outcomes: &[(u64, Outcome)], max_attempts: u32) -> Result<(), StandardError> {
     {
-        let items = all_items(&txn)?;
+        let items = all_items(txn)?;
         let by_seq: HashMap<u64, &OutboxItem> = items.iter().map(|i| (i.seq, i)).collect();
         let mut rebases: Vec<(String, String, u64)> = Vec::new();
         let mut dead = txn.open_table(DEAD).map_err(storage)?;
@@ -256,13 +270,13 @@ pub fn settle(db: &Database, outcomes: &[(u64, Outcome)], max_attempts: u32) -> 
             let Some(item) = by_seq.get(seq) else { continue };
             match outcome {
                 Outcome::Acked { version } => {
-                    remove(&txn, item)?;
+                    remove(txn, item)?;
                     if let Some(v) = version {
                         rebases.push((item.resource.clone(), item.entity_id.clone(), *v));
                     }
                 }
                 Outcome::Rejected { error, current } => {
-                    remove(&txn, item)?;
+                    remove(txn, item)?;
                     let letter = DeadLetter { item: (*item).clone(), error: error.clone(), current: current.clone() };
                     dead.insert(*seq, enc(&letter)?.as_slice()).map_err(storage)?;
                 }
@@ -270,13 +284,13 @@ pub fn settle(db: &Database, outcomes: &[(u64, Outcome)], max_attempts: u32) -> 
                     let mut it = (*item).clone();
                     it.attempts += 1;
                     if it.attempts >= max_attempts {
-                        remove(&txn, item)?;
+                        remove(txn, item)?;
                         let letter = DeadLetter { item: it, error: error.clone(), current: None };
                         dead.insert(*seq, enc(&letter)?.as_slice()).map_err(storage)?;
                     } else {
                         it.state = ItemState::Pending;
                         it.next_attempt_ms = *retry_at_ms;
-                        put(&txn, &it)?;
+                        put(txn, &it)?;
                     }
                 }
             }
@@ -288,17 +302,22 @@ pub fn settle(db: &Database, outcomes: &[(u64, Outcome)], max_attempts: u32) -> 
             for it in
                 items.iter().filter(|i| i.resource == resource && i.entity_id == entity && !acked.contains(&i.seq))
             {
-                if it.entry.action == WriteAction::Create {
+                if it.entry.action == WriteAction::Create || commutative(&it.entry) {
                     continue;
                 }
                 let mut it = it.clone();
                 it.entry.item.base_version = Some(version);
-                put(&txn, &it)?;
+                put(txn, &it)?;
             }
         }
     }
-    txn.commit().map_err(storage)?;
     Ok(())
+}
+
+/// The records with items in the outbox, as (resource, id): their local values must not be
+/// overwritten by pulled changes until those items are pushed.
+pub fn pending_records(txn: &WriteTransaction) -> Result<HashSet<(String, String)>, StandardError> {
+    Ok(all_items(txn)?.into_iter().map(|i| (i.resource, i.entity_id)).collect())
 }
 
 /// Returns in-flight items reserved before `older_than_ms` to pending (all of them at start:

@@ -48,6 +48,7 @@ pub struct StoreConfig<T: Record> {
     pub(crate) mirror: bool,
     pub(crate) history: bool,
     pub(crate) seed: Option<PathBuf>,
+    pub(crate) apply_budget: usize,
 }
 
 impl<T: Record> Default for StoreConfig<T> {
@@ -60,6 +61,7 @@ impl<T: Record> Default for StoreConfig<T> {
             mirror: false,
             history: true,
             seed: None,
+            apply_budget: 2000,
         }
     }
 }
@@ -113,6 +115,12 @@ impl<T: Record> StoreConfig<T> {
     /// The transforms (e.g. to check a seed file with [`load_seed`](crate::runtime::load_seed)).
     pub fn transforms(&self) -> &Transforms<T> {
         &self.transforms
+    }
+    /// At most this many synced changes are applied per frame (default 2000): a large pull is
+    /// spread over frames instead of stalling one.
+    pub fn apply_budget(mut self, n: usize) -> Self {
+        self.apply_budget = n;
+        self
     }
     /// Seeds the store at start from a JSON file (an array of records), e.g. an item catalog
     /// under `assets/`. Seeded records are validated and indexed but never persisted.

@@ -1,34 +1,96 @@
-//! Undo / redo by action id. Writes with origin `sync` are never recorded.
+//! Undo / redo by action id. Writes with origin `sync` are never recorded. The rules are on
+//! [`HistoryLog`].
 
 use std::collections::HashMap;
 
+use bevy_ecs::message::Messages;
 use bevy_ecs::resource::Resource;
+use bevy_ecs::system::{Deferred, Res, ResMut, SystemBuffer, SystemMeta, SystemParam};
+use bevy_ecs::world::DeferredWorld;
 
-use crate::core::{Entry, Keyed, OpMeta, Origin, Plan, Record};
+use super::messages::{Ticket, WriteIntent};
+use super::store::Store;
+use super::writer::{WriteOptions, meta};
+use crate::core::{Entry, Op, OpMeta, Origin, Plan, Record, UpsertMode};
 
-/// One undoable action: the state of each record it touched, before it.
+/// One record an action touched: its state before the action, and its record after it.
+pub(crate) struct Touch<T: Record> {
+    pub id: T::Id,
+    pub before: Option<Entry<T>>,
+    pub after: Option<T>,
+}
+
+/// One undoable action: the state of each record it touched, before it (and after it: a record
+/// changed since by something history does not record — sync, a rollback — is left alone).
 pub(crate) struct Action<T: Record> {
     pub id: String,
-    pub before: Vec<(T::Id, Option<Entry<T>>)>,
+    /// Named by the game (`WriteOptions::action`), not a per-frame group.
+    pub named: bool,
+    pub touched: Vec<Touch<T>>,
+    at: HashMap<T::Id, usize>,
+}
+
+impl<T: Record> Action<T> {
+    fn new(id: String, named: bool) -> Self {
+        Self { id, named, touched: Vec::new(), at: HashMap::new() }
+    }
+
+    /// Adds a record: a record already held keeps its earlier `before` and takes the newer
+    /// `after`.
+    fn add(&mut self, id: T::Id, before: Option<Entry<T>>, after: Option<T>) {
+        match self.at.get(&id) {
+            Some(&i) => self.touched[i].after = after,
+            None => {
+                self.at.insert(id.clone(), self.touched.len());
+                self.touched.push(Touch { id, before, after });
+            }
+        }
+    }
+
+    fn overlaps(&self, other: &Action<T>) -> bool {
+        let (small, large) = if self.at.len() <= other.at.len() { (self, other) } else { (other, self) };
+        small.at.keys().any(|id| large.at.contains_key(id))
+    }
 }
 
 /// The undo and redo stacks of store `T`.
+///
+/// The reduce system records each commit's successful writes of origin `user` and `mirror`
+/// into [`HistoryLog<T>`]: for every action, the state of each record it touched *before* it.
+/// Writes without an action id form one group per commit (one per frame); writes with
+/// [`WriteOptions::action`] are grouped by that id, across frames: a later write of the same
+/// action joins its group as long as no other recorded action touched the same records in
+/// between (otherwise it starts a new group of the same name). Give each action its own id
+/// (`"buy-sword#42"`): two purchases with the same id would undo together.
+///
+/// Undo and redo go through [`History<T>`]: they write intents of origin `history` through the
+/// normal write path (so they persist through the store's route and settle with tickets like
+/// any write) and are never recorded as new actions. A new recorded action clears the redo
+/// stack.
+///
+/// Each action also remembers the state it left each record in. A record whose state has
+/// changed since through something history does not record — a pulled change, a conflict's
+/// write-back, a rollback of a failed write — is left as it is by undo and redo: undo never
+/// reverts what sync brought in.
 #[derive(Resource)]
 pub struct HistoryLog<T: Record> {
     pub(crate) undo: Vec<Action<T>>,
     pub(crate) redo: Vec<Action<T>>,
+    /// States queued by undo / redo and not committed yet (what the store will hold).
+    queued: HashMap<T::Id, Option<Entry<T>>>,
     frame: u64,
     limit: usize,
 }
 
 impl<T: Record> Default for HistoryLog<T> {
     fn default() -> Self {
-        Self { undo: Vec::new(), redo: Vec::new(), frame: 0, limit: 256 }
+        Self { undo: Vec::new(), redo: Vec::new(), queued: HashMap::new(), frame: 0, limit: 256 }
     }
 }
 
 impl<T: Record> HistoryLog<T> {
-    /// Action ids that can be undone, newest last.
+    /// Action ids that can be undone, newest last. Writes without an action id are grouped
+    /// as `frame-<n>`.
     pub fn undoable(&self) -> impl Iterator<Item = &str> {
         self.undo.iter().map(|a| a.id.as_str())
     }
@@ -38,42 +100,85 @@ impl<T: Record> HistoryLog<T> {
         self.redo.iter().map(|a| a.id.as_str())
     }
 
-    /// Records a commit's successful user writes, grouped by action id (writes without one
-    /// form one group per frame).
+    /// Whether there is an action to undo.
+    pub fn can_undo(&self) -> bool {
+        !self.undo.is_empty()
+    }
+
+    /// Whether there is an action to redo.
+    pub fn can_redo(&self) -> bool {
+        !self.redo.is_empty()
+    }
+
+    /// Forgets every action (undo and redo).
+    pub fn clear(&mut self) {
+        self.undo.clear();
+        self.redo.clear();
+    }
+
+    /// Records a commit's successful user and mirror writes, grouped by action id (writes
+    /// without one form one group per commit, that is per frame). Origins `sync` and
+    /// `history` are never recorded.
     pub(crate) fn record(&mut self, plan: &Plan<T>, metas: &[OpMeta], ok: &[bool]) {
         self.frame += 1;
-        let mut groups: HashMap<String, Vec<(T::Id, Option<Entry<T>>)>> = HashMap::new();
-        let mut order: Vec<String> = Vec::new();
+        // The commit applies whatever undo / redo queued before it.
+        self.queued.clear();
+        let mut groups: Vec<Action<T>> = Vec::new();
+        let mut finals: Option<HashMap<&T::Id, Option<&T>>> = None;
         for inv in &plan.inverse {
             let Some(meta) = metas.get(inv.op) else { continue };
-            if meta.origin != Origin::User && meta.origin != Origin::Mirror || !ok.get(inv.op).copied().unwrap_or(false)
-            {
+            if !matches!(meta.origin, Origin::User | Origin::Mirror) || !ok.get(inv.op).copied().unwrap_or(false) {
                 continue;
             }
-            let key = meta.action_id.clone().unwrap_or_else(|| format!("frame-{}", self.frame));
-            let g = groups.entry(key.clone()).or_insert_with(|| {
-                order.push(key.clone());
-                Vec::new()
+            let named = meta.action_id.as_deref();
+            let at = groups.iter().position(|g| match named {
+                Some(a) => g.named && g.id == a,
+                None => !g.named,
             });
-            if !g.iter().any(|(id, _)| id == &inv.id) {
-                g.push((inv.id.clone(), inv.prev.clone()));
-            }
-        }
-        for key in order {
-            if let Some(before) = groups.remove(&key) {
-                match self.undo.last_mut() {
-                    Some(last) if last.id == key => {
-                        for (id, prev) in before {
-                            if !last.before.iter().any(|(i, _)| *i == id) {
-                                last.before.push((id, prev));
-                            }
-                        }
-                    }
-                    _ => self.undo.push(Action { id: key, before }),
+            let g = match at {
+                Some(i) => &mut groups[i],
+                None => {
+                    let id = named.map_or_else(|| format!("frame-{}", self.frame), str::to_owned);
+                    groups.push(Action::new(id, named.is_some()));
+                    let last = groups.len() - 1;
+                    &mut groups[last]
                 }
-                self.redo.clear();
-            }
+            };
+            // The record's state once the commit is applied.
+            let finals = finals.get_or_insert_with(|| {
+                plan.changes.iter().map(|(id, e)| (id, e.as_ref().map(|e| &e.record))).collect()
+            });
+            let after = finals.get(&inv.id).copied().flatten().cloned();
+            g.add(inv.id.clone(), inv.prev.clone(), after);
         }
+        if groups.is_empty() {
+            return;
+        }
+        self.redo.clear();
+        for g in groups {
+            self.push(g);
+        }
+        self.trim();
+    }
+
+    /// Pushes a recorded group: a named one joins the newest action of the same name when no
+    /// action after that one touched the records of either (the joined action moves to the top).
+    fn push(&mut self, g: Action<T>) {
+        if g.named
+            && let Some(i) = self.undo.iter().rposition(|a| a.named && a.id == g.id)
+            && !self.undo[i + 1..].iter().any(|later| later.overlaps(&self.undo[i]) || later.overlaps(&g))
+        {
+            let mut a = self.undo.remove(i);
+            for t in g.touched {
+                a.add(t.id, t.before, t.after);
+            }
+            self.undo.push(a);
+            return;
+        }
+        self.undo.push(g);
+    }
+
+    fn trim(&mut self) {
         if self.undo.len() > self.limit {
             let extra = self.undo.len() - self.limit;
             self.undo.drain(..extra);
@@ -81,5 +186,185 @@ impl<T: Record> HistoryLog<T> {
     }
 }
 
-/// Keeps `Keyed` in scope for `T::Id`.
-fn _uses_keyed<T: Keyed>() {}
+/// Why an action could not be undone.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HistoryError {
+    /// No undoable action has this id.
+    #[error("no undoable action named {0:?}")]
+    UnknownAction(String),
+    /// A newer action changed some of the same records: undo that one first.
+    #[error("action {action:?} cannot be undone alone: the newer action {newer:?} changed the same records")]
+    Overlaps {
+        /// The action asked for.
+        action: String,
+        /// The newest action in the way.
+        newer: String,
+    },
+}
+
+/// An undo or redo that was started: its writes settle as
+/// [`WriteSettled<T>`](crate::runtime::WriteSettled) messages with these tickets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryStep {
+    /// The action undone or redone.
+    pub action: String,
+    /// One ticket per record written back (records already in the wanted state are skipped).
+    pub tickets: Vec<Ticket>,
+}
+
+/// Intents made by [`History`], written as messages when the system's commands are applied (so
+/// that a system may hold both a `History<T>` and a `Writer<T>`).
+pub struct HistoryIntents<T: Record>(Vec<WriteIntent<T>>);
+
+impl<T: Record> Default for HistoryIntents<T> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<T: Record> SystemBuffer for HistoryIntents<T> {
+    fn queue(&mut self, _meta: &SystemMeta, mut world: DeferredWorld) {
+        if self.0.is_empty() {
+            return;
+        }
+        match world.get_resource_mut::<Messages<WriteIntent<T>>>() {
+            Some(mut m) => {
+                m.write_batch(self.0.drain(..));
+            }
+            None => self.0.clear(),
+        }
+    }
+}
+
+/// Undo and redo of store `T`, from a system.
+///
+/// ```no_run
+/// # use atoma::prelude::*;
+/// # #[derive(Record, Clone, serde::Serialize, serde::Deserialize)] #[record(store = "p")]
+/// # struct Player { id: u32 }
+/// fn on_undo_key(mut history: History<Player>) {
+///     if let Some(step) = history.undo() {
+///         println!("undoing {} ({} writes)", step.action, step.tickets.len());
+///     }
+/// }
+/// ```
+///
+/// Each call reads the records' current states (so that the opposite step can restore them)
+/// and queues intents of origin `history`: an upsert of each touched record's earlier state, or
+/// a delete where it did not exist. They are applied in this frame's commit (when called
+/// before `PostUpdate`). If such a write fails, the store is rolled back as for any write, but
+/// the step stays taken.
+#[derive(SystemParam)]
+pub struct History<'w, 's, T: Record> {
+    log: ResMut<'w, HistoryLog<T>>,
+    store: Res<'w, Store<T>>,
+    intents: Deferred<'s, HistoryIntents<T>>,
+}
+
+impl<T: Record> History<'_, '_, T> {
+    /// Undoes the newest action.
+    pub fn undo(&mut self) -> Option<HistoryStep> {
+        let action = self.log.undo.pop()?;
+        let (now, step) = self.restore(action);
+        self.log.redo.push(now);
+        Some(step)
+    }
+
+    /// Redoes the newest undone action.
+    pub fn redo(&mut self) -> Option<HistoryStep> {
+        let action = self.log.redo.pop()?;
+        let (now, step) = self.restore(action);
+        self.log.undo.push(now);
+        self.log.trim();
+        Some(step)
+    }
+
+    /// Undoes the newest action named `action`, which need not be the newest action — as long
+    /// as no newer action changed the same records.
+    pub fn undo_action(&mut self, action: &str) -> Result<HistoryStep, HistoryError> {
+        let Some(i) = self.log.undo.iter().rposition(|a| a.id == action) else {
+            return Err(HistoryError::UnknownAction(action.to_owned()));
+        };
+        if let Some(newer) = self.log.undo[i + 1..].iter().rev().find(|later| later.overlaps(&self.log.undo[i])) {
+            return Err(HistoryError::Overlaps { action: action.to_owned(), newer: newer.id.clone() });
+        }
+        let a = self.log.undo.remove(i);
+        let (now, step) = self.restore(a);
+        self.log.redo.push(now);
+        Ok(step)
+    }
+
+    /// Whether there is an action to undo.
+    pub fn can_undo(&self) -> bool {
+        self.log.can_undo()
+    }
+
+    /// Whether there is an action to redo.
+    pub fn can_redo(&self) -> bool {
+        self.log.can_redo()
+    }
+
+    /// The undo and redo stacks.
+    pub fn log(&self) -> &HistoryLog<T> {
+        &self.log
+    }
+
+    /// Forgets every action.
+    pub fn clear(&mut self) {
+        self.log.clear();
+    }
+
+    /// Queues the writes that bring each record of `action` back to its state before it;
+    /// returns the opposite step (the records' states now) and the step. A record whose
+    /// current state is not the one the action left (a sync change, a rollback since) is left
+    /// alone.
+    fn restore(&mut self, action: Action<T>) -> (Action<T>, HistoryStep) {
+        let mut now = Action::new(action.id.clone(), action.named);
+        let mut tickets = Vec::new();
+        let opts = WriteOptions::default().action(action.id.clone());
+        for Touch { id, before, after } in action.touched {
+            let current = match self.log.queued.get(&id) {
+                Some(q) => q.clone(),
+                None => self.store.entry(&id).cloned(),
+            };
+            if !same_state(current.as_ref().map(|e| &e.record), after.as_ref()) {
+                continue;
+            }
+            let op = match (&before, &current) {
+                (Some(b), Some(c)) if same(&b.record, &c.record) => None,
+                (Some(b), _) => Some(Op::Upsert {
+                    record: b.record.clone(),
+                    merge: false,
+                    mode: UpsertMode::Loose,
+                    base_version: None,
+                }),
+                (None, Some(_)) => Some(Op::Delete { id: id.clone(), base_version: None }),
+                (None, None) => None,
+            };
+            if let Some(op) = op {
+                let ticket = Ticket::next();
+                self.intents.0.push(WriteIntent { ticket, op, meta: meta(ticket, &opts, Origin::History) });
+                tickets.push(ticket);
+                self.log.queued.insert(id.clone(), before.clone());
+            }
+            let wanted = before.as_ref().map(|e| e.record.clone());
+            now.add(id, current, wanted);
+        }
+        (now, HistoryStep { action: action.id, tickets })
+    }
+}
+
+/// Whether two states of a record (`None`: absent) are the same.
+fn same_state<T: Record>(a: Option<&T>, b: Option<&T>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => same(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// Whether two records have the same JSON form.
+fn same<T: Record>(a: &T, b: &T) -> bool {
+    matches!((serde_json::to_value(a), serde_json::to_value(b)), (Ok(x), Ok(y)) if x == y)
+}

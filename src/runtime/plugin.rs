@@ -16,8 +16,12 @@ use super::metrics::AtomaMetrics;
 use super::reduce::{StoreState, from_json, has_work, reduce_store};
 use super::route::{Route, RoutePolicy, Routes};
 use super::store::Store;
+use super::sync::{SyncLink, SyncStatus, receive_sync};
 use crate::core::{Entry, Record, Table};
-use crate::io::{BatchConfig, BoxFuture, Executor, HttpExecutor, IoRuntime, LocalExecutor, MemoryExecutor};
+use crate::io::{
+    BatchConfig, BoxFuture, Executor, HttpExecutor, IoRuntime, LocalExecutor, MemoryExecutor, SyncConfig, SyncEngine,
+    SyncEvent,
+};
 use crate::protocol::{QueryRequest, QueryResult, StandardError, WriteRequest, WriteResult};
 
 /// atoma's system sets, in frame order.
@@ -59,6 +63,7 @@ pub struct AtomaPlugin {
     in_memory: bool,
     routes: Vec<(String, Route)>,
     http: Vec<(String, HttpRoute)>,
+    sync: Option<SyncConfig>,
     local: Option<LocalExecutor>,
 }
 
@@ -107,6 +112,7 @@ impl Default for AtomaPlugin {
             in_memory: false,
             routes: Vec::new(),
             http: Vec::new(),
+            sync: None,
             local: None,
         }
     }
@@ -140,6 +146,13 @@ impl AtomaPlugin {
     /// Registers an `http` route to a server (built on the plugin's io runtime).
     pub fn http(mut self, name: impl Into<String>, route: HttpRoute) -> Self {
         self.http.push((name.into(), route));
+        self
+    }
+    /// Adds the `sync` route: local-first writes (the `local` data file) with a durable
+    /// outbox, pushed to and pulled from the server in `config`. Stores on route `sync` are
+    /// synced. Needs the data file (not [`AtomaPlugin::in_memory`]).
+    pub fn sync(mut self, config: SyncConfig) -> Self {
+        self.sync = Some(config);
         self
     }
     /// Threads of the io runtime (default 1).
@@ -185,7 +198,29 @@ impl Plugin for AtomaPlugin {
                 None => LocalExecutor::open(self.data_dir.join(&self.file)),
             };
             match local {
-                Ok(l) => routes.insert("local", Route::new(l)),
+                Ok(l) => {
+                    if let Some(config) = &self.sync {
+                        let (tx, rx) = crossbeam_channel::unbounded();
+                        match SyncEngine::new(l.clone(), config.clone(), tx) {
+                            Ok(engine) => {
+                                // An outbox forbids fetching a missing record for a write.
+                                let policy = RoutePolicy { optimistic: true, implicit_fetch: false };
+                                routes.insert("sync", Route::new(engine.clone()).with_policy(policy));
+                                app.insert_resource(SyncLink {
+                                    engine,
+                                    rx,
+                                    inboxes: Default::default(),
+                                    started: false,
+                                })
+                                .init_resource::<SyncStatus>()
+                                .add_message::<SyncEvent>()
+                                .add_systems(PreUpdate, receive_sync.in_set(AtomaSystems::Receive));
+                            }
+                            Err(e) => status.errors.push(format!("sync: {e}")),
+                        }
+                    }
+                    routes.insert("local", Route::new(l))
+                }
                 Err(e) => {
                     status.errors.push(e.to_string());
                     let broken = Broken(StandardError::adapter("DATA_FILE", e.to_string()));
@@ -291,6 +326,17 @@ impl AtomaAppExt for App {
             status.errors.extend(errors);
         }
         let state = StoreState::new(&config);
+        // A store on the `sync` route is synced: its name goes to the lanes, its channel to
+        // the receive system.
+        let on_sync = self
+            .world()
+            .get_resource::<Routes>()
+            .and_then(|r| r.resolve(None, config.route.as_deref()).ok().map(|(n, _)| n == "sync"))
+            .unwrap_or(false);
+        if on_sync && let Some(mut link) = self.world_mut().get_resource_mut::<SyncLink>() {
+            link.engine.add_resource(T::STORE);
+            link.inboxes.insert(T::STORE.to_owned(), state.tx.clone());
+        }
         self.insert_resource(Store::new(table))
             .insert_resource(state)
             .init_resource::<HistoryLog<T>>()

@@ -22,13 +22,11 @@ use super::store::Store;
 use crate::core::{
     Entry, Filter, Inverse, Op, OpMeta, Origin, Query, Record, Versions, WriteAction, WriteEntry, WriteError, reduce,
 };
+use crate::io::SyncChange;
 use crate::protocol::{
     ItemMeta, QueryRequest, QueryResult, StandardError, UpsertOptions, WireWriteEntry, WriteItem, WriteOptions,
     WriteRequest, WriteResult,
 };
-
-/// A change from elsewhere: id, version, and the record (`None`: deleted).
-pub(crate) type PulledChange = (String, u64, Option<Map<String, Json>>);
 
 /// What the async side sends a store.
 #[derive(Debug)]
@@ -39,9 +37,8 @@ pub(crate) enum Inbound {
     Fetched { fetch: u64, result: Result<QueryResult, StandardError> },
     /// A read was answered.
     Read { ticket: Ticket, result: Result<QueryResult, StandardError> },
-    /// Changes pulled from elsewhere (id, version, record or `None` for a delete).
-    #[expect(dead_code, reason = "the sync lanes send pulled changes through here")]
-    Remote { changes: Vec<PulledChange> },
+    /// Changes from the sync lanes (acks and pulled changes), applied within a per-frame budget.
+    Synced { changes: Vec<SyncChange> },
 }
 
 /// A write sent to an executor and not yet answered.
@@ -82,6 +79,10 @@ pub(crate) struct StoreState<T: Record> {
     pub mirror_dirty: Vec<T::Id>,
     /// Reads answered from the store without an executor, to publish next reduce.
     pub local_reads: Vec<ReadFinished<T>>,
+    /// Synced changes not yet applied (a large pull is applied over several frames).
+    synced: VecDeque<SyncChange>,
+    /// How many synced changes one frame applies at most.
+    apply_budget: usize,
 }
 
 impl<T: Record> StoreState<T> {
@@ -103,6 +104,8 @@ impl<T: Record> StoreState<T> {
             changed: Vec::new(),
             mirror_dirty: Vec::new(),
             local_reads: Vec::new(),
+            synced: VecDeque::new(),
+            apply_budget: config.apply_budget.max(1),
         }
     }
 
@@ -113,7 +116,7 @@ impl<T: Record> StoreState<T> {
 
 /// Run condition: whether the store has anything to do this frame.
 pub(crate) fn has_work<T: Record>(state: Res<StoreState<T>>, intents: Res<Messages<WriteIntent<T>>>) -> bool {
-    !intents.is_empty() || !state.rx.is_empty() || !state.local_reads.is_empty()
+    !intents.is_empty() || !state.rx.is_empty() || !state.local_reads.is_empty() || !state.synced.is_empty()
 }
 
 /// Turns a record's JSON (from an executor) into `T`, through the inbound (or writeback)
@@ -220,7 +223,10 @@ fn to_wire<T: Record>(
 /// record was confirmed, so the version moved on).
 fn rebase<T: Record>(f: &mut Flight<T>, version: Option<u64>) {
     let Some(v) = version.filter(|v| *v > 0) else { return };
-    if f.entry.action == WriteAction::Create {
+    let commutative = f.entry.action == WriteAction::Patch
+        && f.entry.item.base_version.is_none()
+        && f.entry.item.ops.as_ref().is_some_and(|ops| ops.iter().all(|o| o.is_commutative()));
+    if f.entry.action == WriteAction::Create || commutative {
         return;
     }
     f.entry.item.base_version = Some(v);
@@ -396,21 +402,30 @@ pub(crate) fn reduce_store<T: Record>(
                     }
                 }
             }
-            Inbound::Remote { changes } => {
-                for (id, version, value) in changes {
-                    let Ok(id) = id.parse::<T::Id>() else { continue };
-                    let record = match value {
-                        Some(m) => match from_json::<T>(m, state.transforms.inbound.as_ref()) {
-                            Ok(r) => Some(r),
-                            Err(_) => continue,
-                        },
-                        None => None,
-                    };
-                    ops.push((Op::Remote { id, version, record }, sync_meta()));
-                    op_tickets.push(None);
-                }
-            }
+            Inbound::Synced { changes } => state.synced.extend(changes),
         }
+    }
+    // Synced changes, within the frame's budget (a 100,000-change pull never stalls a frame).
+    let take = state.synced.len().min(state.apply_budget);
+    for change in state.synced.drain(..take) {
+        let (id, version, value, ack) = match change {
+            SyncChange::Acked { id, version, value } => (id, version, value, true),
+            SyncChange::Remote { id, version, value } => (id, version, value, false),
+        };
+        let Ok(id) = id.parse::<T::Id>() else { continue };
+        let record = match value {
+            Some(m) => match from_json::<T>(
+                m,
+                if ack { state.transforms.writeback.as_ref() } else { state.transforms.inbound.as_ref() },
+            ) {
+                Ok(r) => Some(r),
+                Err(_) => continue,
+            },
+            None => None,
+        };
+        let op = if ack { Op::Writeback { id, version, record } } else { Op::Remote { id, version, record } };
+        ops.push((op, sync_meta()));
+        op_tickets.push(None);
     }
 
     // 2. The frame's intents. A write to a missing record parks until its fetch returns.

@@ -24,6 +24,15 @@ impl TestServer {
         TestServer { rt, server: Some(server), url }
     }
 
+    /// Starts a server on a given address (to come back where it was).
+    pub fn start_at(toml: &str, data_dir: &std::path::Path, addr: std::net::SocketAddr) -> TestServer {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let config = ServerConfig::from_toml_str(toml).expect("config").with_bind(addr).with_data_dir(data_dir);
+        let server = rt.block_on(Server::start(config)).expect("server starts");
+        let url = format!("http://{}", server.addr);
+        TestServer { rt, server: Some(server), url }
+    }
+
     /// An open server with no auth, in memory.
     pub fn open() -> TestServer {
         Self::start("", None)

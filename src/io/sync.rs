@@ -1,0 +1,814 @@
+//! The sync engine (seed 004 §7): the `sync` route's executor and its three lanes.
+//!
+//! - **Writes** commit locally at once (the `local` redb file) and are queued in the durable
+//!   outbox in the same transaction — one transaction per frame.
+//! - **Push lane**: reserve → push as write ops → ack / reject / retry → write back (the ack's
+//!   version and the local record commit with the outbox update, in one transaction).
+//! - **Pull lane**: cursor → `changes.pull` → the local file and the cursor advance in one
+//!   transaction → the changes go to the stores, which apply them within a per-frame budget.
+//!   Single-flight, periodic, and woken by notifications (debounced).
+//! - **Notify lane**: an SSE subscription, reconnecting with backoff; each notification wakes
+//!   the pull lane.
+//!
+//! Everything the lanes learn goes to the ECS side as [`SyncOutput`] over a channel.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use redb::Database;
+use serde_json::{Map, Value as Json};
+use tokio::sync::Notify;
+
+use super::batch::{RetryPolicy, Transport};
+use super::executor::{BoxFuture, Executor, LoadedRecord};
+use super::http::HttpTransport;
+use super::local::LocalExecutor;
+use super::outbox::{self, DeadLetter, OutboxStats, Outcome};
+use crate::core::WriteAction;
+use crate::protocol::{
+    ChangeKind, Meta, OpBody, OpsRequest, PullRequest, PullResult, QueryRequest, QueryResult, RemoteOp, StandardError,
+    WireWriteEntry, WriteRequest, WriteResult, now_ms,
+};
+
+/// Which lanes run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SyncMode {
+    /// Push, pull and subscribe.
+    #[default]
+    Full,
+    /// Push local writes only.
+    PushOnly,
+    /// Pull periodically only.
+    PullOnly,
+    /// Pull, periodically and on notifications.
+    PullAndSubscribe,
+    /// Listen to notifications only (report them; pull nothing).
+    SubscribeOnly,
+}
+
+impl SyncMode {
+    /// Whether the push lane runs.
+    pub fn pushes(self) -> bool {
+        matches!(self, SyncMode::Full | SyncMode::PushOnly)
+    }
+    /// Whether the pull lane runs.
+    pub fn pulls(self) -> bool {
+        matches!(self, SyncMode::Full | SyncMode::PullOnly | SyncMode::PullAndSubscribe)
+    }
+    /// Whether the notify lane runs.
+    pub fn subscribes(self) -> bool {
+        matches!(self, SyncMode::Full | SyncMode::PullAndSubscribe | SyncMode::SubscribeOnly)
+    }
+}
+
+/// The sync engine's settings.
+#[derive(Clone, Debug)]
+pub struct SyncConfig {
+    /// The server, e.g. `http://127.0.0.1:8787`.
+    pub base_url: String,
+    /// A bearer token.
+    pub token: Option<String>,
+    /// Which lanes run.
+    pub mode: SyncMode,
+    /// Items per push.
+    pub push_batch: usize,
+    /// Changes per pull.
+    pub pull_limit: u32,
+    /// Pull at least this often.
+    pub pull_interval: Duration,
+    /// Wait this long after a notification before pulling (more notifications fold in).
+    pub notify_debounce: Duration,
+    /// Backoff of failed pushes.
+    pub retry: RetryPolicy,
+    /// A write that failed this many times becomes a dead letter.
+    pub max_attempts: u32,
+    /// A pushed item unanswered this long goes back to pending.
+    pub in_flight_timeout: Duration,
+    /// Backoff of the notify lane's reconnects.
+    pub reconnect: RetryPolicy,
+}
+
+impl SyncConfig {
+    /// Settings for a server, with defaults.
+    pub fn new(base_url: impl Into<String>) -> Self {
+        Self {
+            base_url: base_url.into(),
+            token: None,
+            mode: SyncMode::Full,
+            push_batch: 200,
+            pull_limit: 500,
+            pull_interval: Duration::from_secs(30),
+            notify_debounce: Duration::from_millis(20),
+            retry: RetryPolicy {
+                max_retries: u32::MAX,
+                base: Duration::from_millis(200),
+                max: Duration::from_secs(30),
+            },
+            max_attempts: 10,
+            in_flight_timeout: Duration::from_secs(60),
+            reconnect: RetryPolicy {
+                max_retries: u32::MAX,
+                base: Duration::from_millis(200),
+                max: Duration::from_secs(10),
+            },
+        }
+    }
+    /// With a bearer token.
+    pub fn token(mut self, t: impl Into<String>) -> Self {
+        self.token = Some(t.into());
+        self
+    }
+    /// With a mode.
+    pub fn mode(mut self, m: SyncMode) -> Self {
+        self.mode = m;
+        self
+    }
+}
+
+/// How a synced change enters a store.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SyncChange {
+    /// The server confirmed a local write: its version, and its copy when no later local
+    /// write of the record is waiting.
+    Acked {
+        /// The record.
+        id: String,
+        /// The server version.
+        version: u64,
+        /// The server's copy.
+        value: Option<Map<String, Json>>,
+    },
+    /// A change from the server (pulled, or its copy after a rejected write).
+    Remote {
+        /// The record.
+        id: String,
+        /// The server version.
+        version: u64,
+        /// The record, or `None` when deleted.
+        value: Option<Map<String, Json>>,
+    },
+}
+
+/// What the sync engine reports (a Bevy message on the ECS side).
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "runtime", derive(bevy_ecs::message::Message))]
+#[non_exhaustive]
+pub enum SyncEvent {
+    /// The lanes started.
+    Started {
+        /// The mode.
+        mode: SyncMode,
+    },
+    /// Local writes were queued in the outbox.
+    Enqueued {
+        /// How many.
+        count: usize,
+    },
+    /// A push finished.
+    Pushed {
+        /// Acked items.
+        acked: usize,
+        /// Rejected items (now dead letters).
+        rejected: usize,
+        /// Items that will be retried.
+        retrying: usize,
+    },
+    /// A write was rejected (or kept failing) and became a dead letter.
+    DeadLettered {
+        /// The letter.
+        letter: Box<DeadLetter>,
+    },
+    /// A push failed as a whole (the items wait for a retry).
+    PushFailed {
+        /// Why.
+        error: StandardError,
+    },
+    /// A pull applied changes.
+    Pulled {
+        /// How many changes.
+        changes: usize,
+        /// The new cursor.
+        cursor: String,
+    },
+    /// A pull failed.
+    PullFailed {
+        /// Why.
+        error: StandardError,
+    },
+    /// The server said something changed.
+    Notified {
+        /// The resources.
+        resources: Vec<String>,
+        /// Its newest cursor.
+        cursor: String,
+    },
+    /// The notification stream is open.
+    Connected,
+    /// The notification stream dropped (it reconnects by itself).
+    Disconnected {
+        /// Why.
+        error: String,
+    },
+    /// A barrier was reached: every write made before it is acked (or dead) and pulled back.
+    BarrierReached {
+        /// The barrier.
+        id: u64,
+    },
+    /// The outbox's counts changed.
+    Outbox {
+        /// The counts.
+        stats: OutboxStats,
+        /// The dead letters.
+        dead: Vec<DeadLetter>,
+    },
+}
+
+/// What the lanes send the ECS side.
+#[derive(Clone, Debug)]
+pub enum SyncOutput {
+    /// Changes for a store.
+    Apply {
+        /// The store.
+        resource: String,
+        /// The changes, in order.
+        changes: Vec<SyncChange>,
+    },
+    /// An event.
+    Event(SyncEvent),
+}
+
+struct Inner {
+    local: LocalExecutor,
+    transport: HttpTransport,
+    config: SyncConfig,
+    resources: Mutex<Vec<String>>,
+    out: Sender<SyncOutput>,
+    push_wake: Notify,
+    pull_wake: Notify,
+    pull_done: Notify,
+    pulls: AtomicU64,
+    acks: Notify,
+    next_barrier: AtomicU64,
+    stop: AtomicBool,
+    started: AtomicBool,
+}
+
+/// The sync engine and the `sync` route's executor. Clones share one engine.
+#[derive(Clone)]
+pub struct SyncEngine {
+    inner: Arc<Inner>,
+}
+
+fn storage(e: impl std::fmt::Display) -> StandardError {
+    StandardError::adapter("STORAGE", format!("sync: {e}")).retryable()
+}
+
+impl SyncEngine {
+    /// An engine over the local data file, reporting to `out`.
+    pub fn new(local: LocalExecutor, config: SyncConfig, out: Sender<SyncOutput>) -> Result<Self, StandardError> {
+        let transport = HttpTransport::new(&config.base_url, config.token.clone())?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                local,
+                transport,
+                config,
+                resources: Mutex::new(Vec::new()),
+                out,
+                push_wake: Notify::new(),
+                pull_wake: Notify::new(),
+                pull_done: Notify::new(),
+                pulls: AtomicU64::new(0),
+                acks: Notify::new(),
+                next_barrier: AtomicU64::new(1),
+                stop: AtomicBool::new(false),
+                started: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// Syncs this store too.
+    pub fn add_resource(&self, name: &str) {
+        let mut r = self.inner.resources.lock().unwrap_or_else(|p| p.into_inner());
+        if !r.iter().any(|x| x == name) {
+            r.push(name.to_owned());
+        }
+    }
+
+    fn resources(&self) -> Vec<String> {
+        self.inner.resources.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn db(&self) -> &Database {
+        self.inner.local.database()
+    }
+
+    fn emit(&self, e: SyncEvent) {
+        let _ = self.inner.out.send(SyncOutput::Event(e));
+    }
+
+    /// Starts the lanes on `rt` (once).
+    pub fn start(&self, rt: &tokio::runtime::Handle) {
+        if self.inner.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let mode = self.inner.config.mode;
+        if let Err(e) = outbox::recover(self.db(), i64::MAX) {
+            self.emit(SyncEvent::PushFailed { error: e });
+        }
+        self.emit(SyncEvent::Started { mode });
+        self.report_outbox();
+        if mode.pushes() {
+            let this = self.clone();
+            rt.spawn(async move { this.push_lane().await });
+        }
+        if mode.pulls() {
+            let this = self.clone();
+            rt.spawn(async move { this.pull_lane().await });
+        }
+        if mode.subscribes() {
+            let this = self.clone();
+            rt.spawn(async move { this.notify_lane().await });
+        }
+    }
+
+    /// Stops the lanes.
+    pub fn stop(&self) {
+        self.inner.stop.store(true, Ordering::Release);
+        self.inner.push_wake.notify_one();
+        self.inner.pull_wake.notify_one();
+    }
+
+    fn stopped(&self) -> bool {
+        self.inner.stop.load(Ordering::Acquire)
+    }
+
+    /// Pushes now.
+    pub fn push_now(&self) {
+        self.inner.push_wake.notify_one();
+    }
+
+    /// Pulls now.
+    pub fn pull_now(&self) {
+        self.inner.pull_wake.notify_one();
+    }
+
+    fn report_outbox(&self) {
+        if let (Ok(stats), Ok(dead)) = (outbox::stats(self.db()), outbox::dead_letters(self.db())) {
+            self.emit(SyncEvent::Outbox { stats, dead });
+        }
+    }
+
+    /// Puts a dead letter back in the outbox (`retry`) or drops it.
+    pub fn resolve_dead(&self, seq: u64, retry: bool) -> Result<bool, StandardError> {
+        let r = outbox::resolve_dead(self.db(), seq, retry)?;
+        self.report_outbox();
+        if retry {
+            self.push_now();
+        }
+        Ok(r)
+    }
+
+    /// A barrier: [`SyncEvent::BarrierReached`] comes once every write queued so far is acked
+    /// (or dead) and a pull that started after that has finished.
+    pub fn barrier(&self, rt: &tokio::runtime::Handle) -> u64 {
+        let id = self.inner.next_barrier.fetch_add(1, Ordering::Relaxed);
+        let target = outbox::stats(self.db()).map(|s| s.last_seq).unwrap_or(0);
+        let this = self.clone();
+        rt.spawn(async move {
+            loop {
+                if this.stopped() {
+                    return;
+                }
+                let oldest = outbox::oldest_seq(this.db()).unwrap_or(None);
+                if oldest.is_none_or(|s| s > target) {
+                    break;
+                }
+                this.push_now();
+                let _ = tokio::time::timeout(Duration::from_millis(50), this.inner.acks.notified()).await;
+            }
+            if this.inner.config.mode.pulls() {
+                let before = this.inner.pulls.load(Ordering::Acquire);
+                loop {
+                    this.pull_now();
+                    let _ = tokio::time::timeout(Duration::from_millis(100), this.inner.pull_done.notified()).await;
+                    // A pull that started after the acks has finished when two more pulls
+                    // completed (the one running at `before` may have started earlier).
+                    if this.inner.pulls.load(Ordering::Acquire) >= before + 2 || this.stopped() {
+                        break;
+                    }
+                }
+            }
+            this.emit(SyncEvent::BarrierReached { id });
+        });
+        id
+    }
+
+    async fn push_lane(self) {
+        let mut last_recover = now_ms();
+        while !self.stopped() {
+            let _ = tokio::time::timeout(Duration::from_millis(250), self.inner.push_wake.notified()).await;
+            if self.stopped() {
+                return;
+            }
+            let now = now_ms();
+            if now - last_recover > self.inner.config.in_flight_timeout.as_millis() as i64 {
+                let _ = outbox::recover(self.db(), now - self.inner.config.in_flight_timeout.as_millis() as i64);
+                last_recover = now;
+            }
+            loop {
+                let this = self.clone();
+                let batch = self.inner.config.push_batch;
+                let items = tokio::task::spawn_blocking(move || outbox::reserve(this.db(), batch, now_ms())).await;
+                let items = match items {
+                    Ok(Ok(items)) => items,
+                    Ok(Err(e)) => {
+                        self.emit(SyncEvent::PushFailed { error: e });
+                        break;
+                    }
+                    Err(_) => break,
+                };
+                if items.is_empty() {
+                    break;
+                }
+                self.push(items).await;
+                self.inner.acks.notify_waiters();
+                if self.stopped() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Pushes reserved items (one write op per resource) and settles them.
+    async fn push(&self, items: Vec<outbox::OutboxItem>) {
+        let mut by_resource: HashMap<String, Vec<WireWriteEntry>> = HashMap::new();
+        for it in &items {
+            let mut e = it.entry.clone();
+            e.entry_id = it.seq.to_string();
+            by_resource.entry(it.resource.clone()).or_default().push(e);
+        }
+        let ops: Vec<RemoteOp> = by_resource
+            .into_iter()
+            .enumerate()
+            .map(|(i, (resource, entries))| RemoteOp {
+                op_id: format!("w{i}"),
+                body: OpBody::Write { write: WriteRequest { resource, entries } },
+                meta: None,
+            })
+            .collect();
+        let req = OpsRequest { meta: Meta { client_time_ms: Some(now_ms()), ..Meta::v1() }, ops };
+        let response = self.inner.transport.send(req, None).await;
+        let mut results: HashMap<String, crate::protocol::WriteItemResult> = HashMap::new();
+        let mut whole_error = None;
+        match response {
+            Ok(resp) if resp.ok => {
+                for r in resp.data.map(|d| d.results).unwrap_or_default() {
+                    if r.ok {
+                        if let Some(data) = r.data.and_then(|d| serde_json::from_value::<WriteResult>(d).ok()) {
+                            results.extend(data.results.into_iter().map(|x| (x.entry_id.clone(), x)));
+                        }
+                    } else if let Some(e) = r.error {
+                        whole_error = Some(e);
+                    }
+                }
+            }
+            Ok(resp) => {
+                whole_error =
+                    resp.error.or_else(|| Some(StandardError::internal("a rejected request without an error")))
+            }
+            Err(e) => whole_error = Some(e),
+        }
+        let now = now_ms();
+        let mut outcomes = Vec::with_capacity(items.len());
+        let (mut acked, mut rejected, mut retrying) = (0, 0, 0);
+        for it in &items {
+            let outcome = match results.remove(&it.seq.to_string()) {
+                Some(r) if r.ok => Outcome::Acked { version: r.version },
+                Some(r) => {
+                    let error = r.error.unwrap_or_else(|| StandardError::internal("a failed entry without an error"));
+                    if error.is_retryable() {
+                        Outcome::Retry {
+                            retry_at_ms: now + self.inner.config.retry.delay(it.attempts).as_millis() as i64,
+                            error,
+                        }
+                    } else {
+                        Outcome::Rejected { error, current: r.current }
+                    }
+                }
+                None => {
+                    let error = whole_error
+                        .clone()
+                        .unwrap_or_else(|| StandardError::internal("the response has no result for this write"));
+                    if error.is_retryable() || whole_error.is_none() {
+                        Outcome::Retry {
+                            retry_at_ms: now + self.inner.config.retry.delay(it.attempts).as_millis() as i64,
+                            error,
+                        }
+                    } else {
+                        Outcome::Rejected { error, current: None }
+                    }
+                }
+            };
+            match &outcome {
+                Outcome::Acked { .. } => acked += 1,
+                Outcome::Rejected { .. } => rejected += 1,
+                Outcome::Retry { .. } => retrying += 1,
+            }
+            outcomes.push((it.seq, outcome));
+        }
+        if let Some(e) = &whole_error
+            && acked == 0
+        {
+            self.emit(SyncEvent::PushFailed { error: e.clone() });
+        }
+        let this = self.clone();
+        let items2 = items.clone();
+        let settled = tokio::task::spawn_blocking(move || this.settle(&items2, &outcomes)).await;
+        match settled {
+            Ok(Ok(applies)) => {
+                for (resource, changes) in applies {
+                    let _ = self.inner.out.send(SyncOutput::Apply { resource, changes });
+                }
+            }
+            Ok(Err(e)) => self.emit(SyncEvent::PushFailed { error: e }),
+            Err(_) => {}
+        }
+        self.emit(SyncEvent::Pushed { acked, rejected, retrying });
+        if rejected > 0 || retrying > 0 {
+            if let Ok(dead) = outbox::dead_letters(self.db()) {
+                for letter in dead.into_iter().filter(|d| items.iter().any(|i| i.seq == d.item.seq)) {
+                    self.emit(SyncEvent::DeadLettered { letter: Box::new(letter) });
+                }
+            }
+        }
+        self.report_outbox();
+    }
+
+    /// Settles outcomes and writes acks and rejections back into the local file, in one
+    /// transaction. Returns the changes for the stores.
+    fn settle(
+        &self,
+        items: &[outbox::OutboxItem],
+        outcomes: &[(u64, Outcome)],
+    ) -> Result<Vec<(String, Vec<SyncChange>)>, StandardError> {
+        let txn = self.db().begin_write().map_err(storage)?;
+        outbox::settle_in(&txn, outcomes, self.inner.config.max_attempts)?;
+        let still_pending = outbox::pending_records(&txn)?;
+        let mut applies: HashMap<String, Vec<SyncChange>> = HashMap::new();
+        for (seq, outcome) in outcomes {
+            let Some(it) = items.iter().find(|i| i.seq == *seq) else { continue };
+            let waiting = still_pending.contains(&(it.resource.clone(), it.entity_id.clone()));
+            match outcome {
+                Outcome::Acked { version: Some(v) } => {
+                    // The local copy gets the server version; its value stays (it is what was
+                    // pushed, or newer).
+                    let value = self.inner.local.set_version_in(&txn, &it.resource, &it.entity_id, *v)?;
+                    applies.entry(it.resource.clone()).or_default().push(SyncChange::Acked {
+                        id: it.entity_id.clone(),
+                        version: *v,
+                        value: if waiting { None } else { value },
+                    });
+                }
+                Outcome::Rejected { current, .. } if !waiting => {
+                    // The server's copy wins (a rejected create: the record goes).
+                    let (value, version) = match current {
+                        Some(c) => (c.value.clone().and_then(|v| v.as_object().cloned()), c.version.unwrap_or(0)),
+                        None => (None, 0),
+                    };
+                    if value.is_none() && it.entry.action != WriteAction::Create {
+                        continue;
+                    }
+                    self.inner.local.put_in(&txn, &it.resource, &it.entity_id, value.as_ref().map(|v| (v, version)))?;
+                    applies.entry(it.resource.clone()).or_default().push(SyncChange::Remote {
+                        id: it.entity_id.clone(),
+                        version,
+                        value,
+                    });
+                }
+                _ => {}
+            }
+        }
+        txn.commit().map_err(storage)?;
+        Ok(applies.into_iter().collect())
+    }
+
+    async fn pull_lane(self) {
+        let mut failures = 0u32;
+        let mut first = true;
+        while !self.stopped() {
+            if !first {
+                let _ = tokio::time::timeout(self.inner.config.pull_interval, self.inner.pull_wake.notified()).await;
+                tokio::time::sleep(self.inner.config.notify_debounce).await;
+            }
+            first = false;
+            if self.stopped() {
+                return;
+            }
+            match self.pull_all().await {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    self.emit(SyncEvent::PullFailed { error: e });
+                    tokio::time::sleep(self.inner.config.reconnect.delay(failures)).await;
+                    failures = failures.saturating_add(1);
+                    self.inner.pull_wake.notify_one();
+                }
+            }
+            self.inner.pulls.fetch_add(1, Ordering::AcqRel);
+            self.inner.pull_done.notify_waiters();
+        }
+    }
+
+    async fn pull_all(&self) -> Result<(), StandardError> {
+        loop {
+            let cursor = outbox::cursor(self.db(), "pull")?;
+            let resources = self.resources();
+            let req = OpsRequest {
+                meta: Meta::v1(),
+                ops: vec![RemoteOp {
+                    op_id: "p".into(),
+                    body: OpBody::Pull {
+                        pull: PullRequest {
+                            cursor: cursor.clone(),
+                            limit: Some(self.inner.config.pull_limit),
+                            resources: Some(resources),
+                        },
+                    },
+                    meta: None,
+                }],
+            };
+            let resp = self.inner.transport.send(req, None).await?;
+            let result = resp.data.and_then(|d| d.results.into_iter().next()).ok_or_else(|| {
+                resp.error.clone().unwrap_or_else(|| StandardError::internal("a pull without a result"))
+            })?;
+            if !result.ok {
+                return Err(result.error.unwrap_or_else(|| StandardError::internal("a failed pull without an error")));
+            }
+            let pulled: PullResult = serde_json::from_value(result.data.unwrap_or(Json::Null))
+                .map_err(|e| StandardError::adapter("BAD_RESPONSE", format!("a pull result did not parse: {e}")))?;
+            let n = pulled.changes.len();
+            let next = pulled.next_cursor.clone();
+            let this = self.clone();
+            let applies = tokio::task::spawn_blocking(move || this.apply_pulled(pulled))
+                .await
+                .map_err(|e| StandardError::internal(format!("pull apply task: {e}")))??;
+            for (resource, changes) in applies {
+                let _ = self.inner.out.send(SyncOutput::Apply { resource, changes });
+            }
+            if n > 0 || next != cursor {
+                self.emit(SyncEvent::Pulled { changes: n, cursor: next.clone() });
+            }
+            if n < self.inner.config.pull_limit as usize || next == cursor {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Writes pulled changes and the new cursor into the local file in one transaction.
+    /// Records with writes still in the outbox keep their local value.
+    fn apply_pulled(&self, pulled: PullResult) -> Result<Vec<(String, Vec<SyncChange>)>, StandardError> {
+        let txn = self.db().begin_write().map_err(storage)?;
+        let pending = outbox::pending_records(&txn)?;
+        let mut applies: HashMap<String, Vec<SyncChange>> = HashMap::new();
+        for c in pulled.changes {
+            if pending.contains(&(c.resource.clone(), c.entity_id.clone())) {
+                continue;
+            }
+            let value = match (c.kind, c.value) {
+                (ChangeKind::Upsert, Some(Json::Object(m))) => Some(m),
+                (ChangeKind::Upsert, _) => continue, // an upsert without its value: nothing to apply
+                (ChangeKind::Delete, _) => None,
+            };
+            self.inner.local.put_in(&txn, &c.resource, &c.entity_id, value.as_ref().map(|v| (v, c.version)))?;
+            applies.entry(c.resource).or_default().push(SyncChange::Remote {
+                id: c.entity_id,
+                version: c.version,
+                value,
+            });
+        }
+        outbox::set_cursor(&txn, "pull", &pulled.next_cursor)?;
+        txn.commit().map_err(storage)?;
+        Ok(applies.into_iter().collect())
+    }
+
+    async fn notify_lane(self) {
+        let mut attempt = 0u32;
+        while !self.stopped() {
+            let error = match self.subscribe_once(&mut attempt).await {
+                Ok(()) => "the stream ended".to_owned(),
+                Err(e) => e,
+            };
+            if self.stopped() {
+                return;
+            }
+            self.emit(SyncEvent::Disconnected { error });
+            tokio::time::sleep(self.inner.config.reconnect.delay(attempt)).await;
+            attempt = attempt.saturating_add(1);
+        }
+    }
+
+    async fn subscribe_once(&self, attempt: &mut u32) -> Result<(), String> {
+        let mut url = format!("{}/sync/subscribe", self.inner.config.base_url.trim_end_matches('/'));
+        let resources = self.resources();
+        for (i, r) in resources.iter().enumerate() {
+            url.push(if i == 0 { '?' } else { '&' });
+            url.push_str("resources=");
+            url.push_str(r);
+        }
+        let mut rb = reqwest::Client::new().get(&url).header("accept", "text/event-stream");
+        if let Some(t) = &self.inner.config.token {
+            rb = rb.bearer_auth(t);
+        }
+        let mut resp = rb.send().await.map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("subscribe answered {}", resp.status()));
+        }
+        self.emit(SyncEvent::Connected);
+        *attempt = 0;
+        let mut buf = String::new();
+        let mut event = String::new();
+        loop {
+            let chunk = tokio::select! {
+                c = resp.chunk() => c.map_err(|e| e.to_string())?,
+                _ = tokio::time::sleep(Duration::from_secs(60)) => return Err("no heartbeat for 60 s".into()),
+            };
+            let Some(chunk) = chunk else { return Ok(()) };
+            if self.stopped() {
+                return Ok(());
+            }
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(nl) = buf.find('\n') {
+                let line: String = buf.drain(..=nl).collect();
+                let line = line.trim_end_matches(['\n', '\r']);
+                if let Some(name) = line.strip_prefix("event:") {
+                    event = name.trim().to_owned();
+                } else if let Some(data) = line.strip_prefix("data:") {
+                    if event == "sync.notify"
+                        && let Ok(n) = serde_json::from_str::<crate::protocol::Notify>(data.trim())
+                    {
+                        self.emit(SyncEvent::Notified { resources: n.resources, cursor: n.cursor });
+                        if self.inner.config.mode.pulls() {
+                            self.pull_now();
+                        }
+                    }
+                } else if line.is_empty() {
+                    event.clear();
+                }
+            }
+        }
+    }
+}
+
+impl Executor for SyncEngine {
+    fn query(&self, req: QueryRequest) -> BoxFuture<Result<QueryResult, StandardError>> {
+        self.inner.local.query(req)
+    }
+
+    fn write(&self, req: WriteRequest) -> BoxFuture<Result<WriteResult, StandardError>> {
+        let fut = self.write_many(vec![req]);
+        Box::pin(async move { fut.await.pop().unwrap_or_else(|| Err(StandardError::internal("no result"))) })
+    }
+
+    /// Local-first: the records and their outbox items commit in one transaction.
+    fn write_many(&self, reqs: Vec<WriteRequest>) -> BoxFuture<Vec<Result<WriteResult, StandardError>>> {
+        let this = self.clone();
+        let n = reqs.len();
+        // Handed to the local writer thread now, so the frame's writes commit even if the
+        // runtime stops right after the flush (on `AppExit`).
+        let job = self.inner.local.on_writer(move || {
+            let txn = this.db().begin_write().map_err(storage)?;
+            let mut out = Vec::with_capacity(reqs.len());
+            let mut queued = 0;
+            for req in &reqs {
+                let result = this.inner.local.write_local_first_in(&txn, req)?;
+                let ok: Vec<WireWriteEntry> =
+                    req.entries.iter().zip(&result.results).filter(|(_, r)| r.ok).map(|(e, _)| e.clone()).collect();
+                queued += outbox::enqueue(&txn, &req.resource, &ok, now_ms())?.len();
+                out.push(result);
+            }
+            txn.commit().map_err(storage)?;
+            Ok::<_, StandardError>((out, queued))
+        });
+        let this = self.clone();
+        Box::pin(async move {
+            let r = job.await.and_then(|r| r);
+            match r {
+                Ok((results, queued)) => {
+                    if queued > 0 {
+                        this.emit(SyncEvent::Enqueued { count: queued });
+                        this.report_outbox();
+                        this.push_now();
+                    }
+                    results.into_iter().map(Ok).collect()
+                }
+                Err(e) => vec![Err(e); n],
+            }
+        })
+    }
+
+    fn load(&self, resource: &str) -> Option<BoxFuture<Result<Vec<LoadedRecord>, StandardError>>> {
+        self.inner.local.load(resource)
+    }
+}

@@ -1,0 +1,221 @@
+//! Sync end to end with the real atoma-server on 127.0.0.1: two clients converge through the
+//! outbox, push, notify and pull lanes; offline writes are pushed when the server is back;
+//! conflicts become dead letters with the server's copy written back; barriers; the per-frame
+//! apply budget.
+
+mod common;
+
+use std::time::Duration;
+
+use atoma::io::{SyncConfig, SyncEvent};
+use atoma::prelude::*;
+use atoma::runtime::{SyncControl, SyncStatus};
+use bevy_app::App;
+use bevy_ecs::message::Messages;
+use bevy_ecs::system::RunSystemOnce;
+use common::server::{TestServer, temp_dir};
+use common::*;
+
+fn client(url: &str, dir: &std::path::Path, budget: usize) -> App {
+    let mut config = SyncConfig::new(url);
+    config.pull_interval = Duration::from_millis(500);
+    config.retry.base = Duration::from_millis(20);
+    config.retry.max = Duration::from_millis(200);
+    config.reconnect.base = Duration::from_millis(20);
+    config.reconnect.max = Duration::from_millis(200);
+    app(AtomaPlugin::default().data_dir(dir).sync(config).default_route("sync"), |app| {
+        app.add_store::<Player>(StoreConfig::default().index(IndexSpec::ordered("level")).apply_budget(budget));
+    })
+}
+
+fn store(app: &App) -> &Store<Player> {
+    app.world().resource::<Store<Player>>()
+}
+
+fn status(app: &App) -> SyncStatus {
+    app.world().resource::<SyncStatus>().clone()
+}
+
+/// Runs both apps until `done` holds (at most 10 s).
+fn converge(a: &mut App, b: &mut App, mut done: impl FnMut(&App, &App) -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        a.update();
+        b.update();
+        if done(a, b) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    false
+}
+
+fn snapshot(app: &App) -> Vec<(u32, String, i64, u64)> {
+    let mut v: Vec<_> =
+        store(app).table().iter().map(|e| (e.record.id, e.record.name.clone(), e.record.gold, e.version)).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn two_clients_converge_through_the_server() {
+    let server = TestServer::start("", Some(&temp_dir("sync-server-1")));
+    let mut a = client(&server.url, &temp_dir("sync-a-1"), 2000);
+    let mut b = client(&server.url, &temp_dir("sync-b-1"), 2000);
+    a.world_mut()
+        .run_system_cached(|mut w: Writer<Player>| {
+            for i in 0..20 {
+                w.create(player(i, &format!("p{i}"), i64::from(i)));
+            }
+        })
+        .expect("runs");
+    // Local-first: the writes settle as soon as they are in the local file and the outbox.
+    assert!(settle::<Player>(&mut a, 20).iter().all(|s| s.is_ok()));
+    assert!(converge(&mut a, &mut b, |_, b| store(b).len() == 20), "b pulls a's records (woken by the notification)");
+    assert!(
+        converge(&mut a, &mut b, |a, _| store(a).entry(&0).is_some_and(|e| e.version == 1)),
+        "a's acks wrote back versions"
+    );
+
+    // Concurrent updates of different records, a delete, and a commutative counter on both.
+    a.world_mut()
+        .run_system_cached(|mut w: Writer<Player>| {
+            w.update(1, |p| p.name = "changed by a".into());
+            w.delete(2);
+            w.inc(3, "gold", 5);
+        })
+        .expect("runs");
+    b.world_mut()
+        .run_system_cached(|mut w: Writer<Player>| {
+            w.update(4, |p| p.name = "changed by b".into());
+            w.inc(3, "gold", 7);
+        })
+        .expect("runs");
+    assert!(
+        converge(&mut a, &mut b, |a, b| {
+            let (sa, sb) = (snapshot(a), snapshot(b));
+            sa == sb && sa.iter().any(|r| r.0 == 3 && r.2 == 12) && !store(a).contains(&2)
+        }),
+        "converged: a {:?}\nb {:?}",
+        snapshot(&a),
+        snapshot(&b)
+    );
+    assert_eq!(store(&b).get(&1).map(|p| p.name.as_str()), Some("changed by a"));
+    assert_eq!(store(&a).get(&4).map(|p| p.name.as_str()), Some("changed by b"));
+    assert_eq!(status(&a).pending + status(&a).in_flight, 0);
+}
+
+#[test]
+fn a_conflict_becomes_a_dead_letter_and_the_server_copy_wins_locally() {
+    let server = TestServer::start("", Some(&temp_dir("sync-server-2")));
+    let mut a = client(&server.url, &temp_dir("sync-a-2"), 2000);
+    let mut b = client(&server.url, &temp_dir("sync-b-2"), 2000);
+    a.world_mut()
+        .run_system_cached(|mut w: Writer<Player>| {
+            w.create(player(1, "first", 1));
+        })
+        .expect("runs");
+    assert!(
+        converge(&mut a, &mut b, |a, b| store(b).contains(&1) && store(a).entry(&1).is_some_and(|e| e.version == 1))
+    );
+    // Both change record 1 based on version 1; a's write reaches the server first.
+    a.world_mut()
+        .run_system_cached(|mut w: Writer<Player>| {
+            w.update(1, |p| p.name = "a wins".into());
+        })
+        .expect("runs");
+    assert!(converge(&mut a, &mut b, |a, _| store(a).entry(&1).is_some_and(|e| e.version == 2)));
+    b.world_mut()
+        .run_system_cached(|mut w: Writer<Player>| {
+            w.update(1, |p| p.name = "b loses".into());
+        })
+        .expect("runs");
+    assert!(converge(&mut a, &mut b, |_, b| !status(b).dead_letters.is_empty()), "b's stale write is a dead letter");
+    assert!(converge(&mut a, &mut b, |a, b| snapshot(a) == snapshot(b)), "a {:?} b {:?}", snapshot(&a), snapshot(&b));
+    assert_eq!(store(&b).get(&1).map(|p| p.name.as_str()), Some("a wins"));
+    let letter = status(&b).dead_letters[0].clone();
+    assert_eq!(letter.error.code, "CONFLICT");
+    // The game drops it.
+    let seq = letter.item.seq;
+    assert!(b.world_mut().run_system_once(move |c: SyncControl| c.drop_dead(seq)).expect("runs"));
+    assert!(converge(&mut a, &mut b, |_, b| status(b).dead_letters.is_empty()));
+}
+
+#[test]
+fn offline_writes_are_pushed_when_the_server_is_back() {
+    let server_dir = temp_dir("sync-server-3");
+    let mut server = TestServer::start("", Some(&server_dir));
+    let url = server.url.clone();
+    let addr = server.server.as_ref().map(|s| s.addr).expect("running");
+    let mut a = client(&url, &temp_dir("sync-a-3"), 2000);
+    a.update();
+    server.stop();
+    a.world_mut()
+        .run_system_cached(|mut w: Writer<Player>| {
+            for i in 0..10 {
+                w.create(player(i, "offline", 1));
+            }
+        })
+        .expect("runs");
+    assert!(settle::<Player>(&mut a, 10).iter().all(|s| s.is_ok()), "offline writes settle locally");
+    for _ in 0..50 {
+        a.update();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(status(&a).pending + status(&a).in_flight, 10, "queued while the server is away");
+    // The server comes back on the same address and data.
+    let back = TestServer::start_at("", &server_dir, addr);
+    let mut b = client(&back.url, &temp_dir("sync-b-3"), 2000);
+    assert!(converge(&mut a, &mut b, |a, b| store(b).len() == 10
+        && status(a).pending == 0
+        && status(a).in_flight == 0));
+}
+
+#[test]
+fn a_barrier_waits_for_acks_and_the_pull_back() {
+    let server = TestServer::start("", Some(&temp_dir("sync-server-4")));
+    let mut a = client(&server.url, &temp_dir("sync-a-4"), 2000);
+    a.update();
+    a.world_mut()
+        .run_system_cached(|mut w: Writer<Player>| {
+            w.create_many((0..50).map(|i| player(i, "x", 1)));
+        })
+        .expect("runs");
+    a.update();
+    let id = a.world_mut().run_system_cached(|c: SyncControl| c.barrier()).expect("runs").expect("a barrier");
+    assert!(run_until(&mut a, |a| status(a).reached(id)));
+    assert_eq!(status(&a).pending + status(&a).in_flight, 0);
+    assert!(store(&a).table().iter().all(|e| e.version == 1), "every write acked and written back");
+    let events: Vec<SyncEvent> = a.world_mut().resource_mut::<Messages<SyncEvent>>().drain().collect();
+    assert!(events.iter().any(|e| matches!(e, SyncEvent::BarrierReached { id: x } if *x == id)));
+}
+
+#[test]
+fn a_large_pull_is_applied_over_several_frames() {
+    let server = TestServer::start("", Some(&temp_dir("sync-server-5")));
+    let mut a = client(&server.url, &temp_dir("sync-a-5"), 5000);
+    a.world_mut()
+        .run_system_cached(|mut w: Writer<Player>| {
+            w.create_many((0..3000).map(|i| player(i, "bulk", 1)));
+        })
+        .expect("runs");
+    let id = {
+        a.update();
+        a.world_mut().run_system_cached(|c: SyncControl| c.barrier()).expect("runs").expect("a barrier")
+    };
+    assert!(run_until(&mut a, |a| status(a).reached(id)));
+    // A fresh client with a budget of 500 changes per frame pulls 3000 records.
+    let mut b = client(&server.url, &temp_dir("sync-b-5"), 500);
+    let mut frames_applying = 0;
+    let mut last = 0;
+    assert!(run_until(&mut b, |b| {
+        let n = store(b).len();
+        if n > last {
+            assert!(n - last <= 500, "at most the budget per frame");
+            frames_applying += 1;
+            last = n;
+        }
+        n == 3000
+    }));
+    assert!(frames_applying >= 6, "{frames_applying} frames");
+}
