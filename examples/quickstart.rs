@@ -194,10 +194,10 @@ fn script(
     }
 }
 
-fn show_leaderboard(
-    board: Query<&LiveQuery<Player>, (With<Leaderboard>, Changed<LiveQuery<Player>>)>,
-    players: Res<Store<Player>>,
-) {
+/// The leaderboard entity, when atoma changed its results.
+type ChangedBoard<'w, 's> = Query<'w, 's, &'static LiveQuery<Player>, (With<Leaderboard>, Changed<LiveQuery<Player>>)>;
+
+fn show_leaderboard(board: ChangedBoard, players: Res<Store<Player>>) {
     for lq in board.iter().filter(|lq| lq.refreshes() > 0) {
         let top: Vec<String> = lq.records(&players).map(|p| format!("{} ({:.0})", p.name, p.score)).collect();
         println!("leaderboard changed: {}", top.join(", "));

@@ -537,11 +537,11 @@ impl SyncEngine {
             Err(_) => {}
         }
         self.emit(SyncEvent::Pushed { acked, rejected, retrying });
-        if rejected > 0 || retrying > 0 {
-            if let Ok(dead) = outbox::dead_letters(self.db()) {
-                for letter in dead.into_iter().filter(|d| items.iter().any(|i| i.seq == d.item.seq)) {
-                    self.emit(SyncEvent::DeadLettered { letter: Box::new(letter) });
-                }
+        if (rejected > 0 || retrying > 0)
+            && let Ok(dead) = outbox::dead_letters(self.db())
+        {
+            for letter in dead.into_iter().filter(|d| items.iter().any(|i| i.seq == d.item.seq)) {
+                self.emit(SyncEvent::DeadLettered { letter: Box::new(letter) });
             }
         }
         self.report_outbox();
