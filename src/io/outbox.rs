@@ -53,6 +53,11 @@ pub struct OutboxItem {
     pub next_attempt_ms: i64,
     /// When the game made the write (ms).
     pub created_ms: i64,
+    /// Whether it was ever reserved for a push: the server may have applied it (an answer
+    /// lost to a crash or a timeout), so a retry must send exactly what the first push sent
+    /// (its idempotency key replays the first result) and nothing may be compacted into it.
+    #[serde(default)]
+    pub sent: bool,
 }
 
 /// A write that will not go through by itself.
@@ -151,6 +156,7 @@ pub fn enqueue(
             attempts: 0,
             next_attempt_ms: 0,
             created_ms: now_ms,
+            sent: false,
         };
         items.insert(seq, enc(&item)?.as_slice()).map_err(storage)?;
         keys.insert(key.as_str(), seq).map_err(storage)?;
@@ -162,9 +168,12 @@ pub fn enqueue(
 }
 
 fn all_items(txn: &WriteTransaction) -> Result<Vec<OutboxItem>, StandardError> {
-    let items = txn.open_table(ITEMS).map_err(storage)?;
+    items_of(&txn.open_table(ITEMS).map_err(storage)?)
+}
+
+fn items_of(table: &impl ReadableTable<u64, &'static [u8]>) -> Result<Vec<OutboxItem>, StandardError> {
     let mut out = Vec::new();
-    for row in items.iter().map_err(storage)? {
+    for row in table.iter().map_err(storage)? {
         let (_, v) = row.map_err(storage)?;
         out.push(dec::<OutboxItem>(v.value())?);
     }
@@ -229,8 +238,10 @@ pub fn reserve(db: &Database, max: usize, now_ms: i64) -> Result<Vec<OutboxItem>
                 continue;
             }
             let mut head = list.remove(0);
-            // Compact: later full-value updates of the record replace the head's value.
-            if full_value(&head.entry) || head.entry.action == WriteAction::Create {
+            // Compact: later full-value updates of the record replace the head's value — only
+            // while the head was never sent (a re-sent head replays its first result under
+            // its idempotency key, and a value compacted into it would be lost).
+            if !head.sent && (full_value(&head.entry) || head.entry.action == WriteAction::Create) {
                 while let Some(next) = list.first() {
                     if !full_value(&next.entry) {
                         break;
@@ -241,6 +252,7 @@ pub fn reserve(db: &Database, max: usize, now_ms: i64) -> Result<Vec<OutboxItem>
                 }
             }
             head.state = ItemState::InFlight { since_ms: now_ms };
+            head.sent = true;
             put(&txn, &head)?;
             out.push(head);
         }
@@ -330,6 +342,8 @@ pub fn recover(db: &Database, older_than_ms: i64) -> Result<usize, StandardError
             && since_ms < older_than_ms
         {
             it.state = ItemState::Pending;
+            // (An item written before `sent` existed was in flight: it was sent.)
+            it.sent = true;
             put(&txn, &it)?;
             n += 1;
         }
@@ -379,21 +393,29 @@ pub fn resolve_dead(db: &Database, seq: u64, retry: bool) -> Result<bool, Standa
     Ok(found)
 }
 
-/// Counts.
+/// Counts (a read transaction: it never waits for the writer).
 pub fn stats(db: &Database) -> Result<OutboxStats, StandardError> {
-    let txn = db.begin_write().map_err(storage)?;
-    let items = all_items(&txn)?;
-    let dead = txn.open_table(DEAD).map_err(storage)?.len().map_err(storage)? as usize;
-    let last_seq = {
-        let meta = txn.open_table(META).map_err(storage)?;
-        let v = meta
+    let txn = db.begin_read().map_err(storage)?;
+    let items = match txn.open_table(ITEMS) {
+        Ok(t) => items_of(&t)?,
+        Err(redb::TableError::TableDoesNotExist(_)) => Vec::new(),
+        Err(e) => return Err(storage(e)),
+    };
+    let dead = match txn.open_table(DEAD) {
+        Ok(t) => t.len().map_err(storage)? as usize,
+        Err(redb::TableError::TableDoesNotExist(_)) => 0,
+        Err(e) => return Err(storage(e)),
+    };
+    let last_seq = match txn.open_table(META) {
+        Ok(t) => t
             .get("next-seq")
             .map_err(storage)?
             .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
-            .map_or(1, u64::from_le_bytes);
-        v.saturating_sub(1)
-    };
-    txn.abort().map_err(storage)?;
+            .map_or(1, u64::from_le_bytes),
+        Err(redb::TableError::TableDoesNotExist(_)) => 1,
+        Err(e) => return Err(storage(e)),
+    }
+    .saturating_sub(1);
     let in_flight = items.iter().filter(|i| matches!(i.state, ItemState::InFlight { .. })).count();
     Ok(OutboxStats { pending: items.len() - in_flight, in_flight, dead, last_seq })
 }
@@ -531,6 +553,35 @@ mod tests {
         assert!(resolve_dead(&db, 2, true).expect("retry"));
         assert!(resolve_dead(&db, 1, false).expect("drop"));
         assert_eq!(stats(&db).expect("stats"), OutboxStats { pending: 1, in_flight: 0, dead: 0, last_seq: 2 });
+    }
+
+    #[test]
+    fn nothing_is_compacted_into_an_item_that_was_sent() {
+        // The create went out and the answer was lost (a crash): after recovery it is sent
+        // again as it was (the server replays its first result under its idempotency key),
+        // and the later update follows as its own write instead of vanishing into it.
+        let db = db("sent");
+        put_all(&db, &[entry(WriteAction::Create, "a", "k1", serde_json::json!({"n": 1}), None)]);
+        assert_eq!(reserve(&db, 10, 100).expect("reserve").len(), 1);
+        put_all(&db, &[entry(WriteAction::Upsert, "a", "k2", serde_json::json!({"n": 2}), None)]);
+        assert_eq!(recover(&db, i64::MAX).expect("recover"), 1);
+        let again = reserve(&db, 10, 200).expect("reserve");
+        assert_eq!(again.len(), 1);
+        assert_eq!((again[0].seq, again[0].entry.item.value.clone()), (1, Some(serde_json::json!({"n": 1}))));
+        settle(&db, &[(1, Outcome::Acked { version: Some(1) })], 5).expect("settle");
+        let next = reserve(&db, 10, 300).expect("reserve");
+        assert_eq!(next.len(), 1, "the update was kept");
+        assert_eq!((next[0].seq, next[0].entry.item.value.clone()), (2, Some(serde_json::json!({"n": 2}))));
+        // A never-sent head still takes later full values.
+        put_all(
+            &db,
+            &[
+                entry(WriteAction::Create, "b", "k3", serde_json::json!({"n": 1}), None),
+                entry(WriteAction::Upsert, "b", "k4", serde_json::json!({"n": 3}), None),
+            ],
+        );
+        let b = reserve(&db, 10, 400).expect("reserve");
+        assert_eq!((b[0].seq, b[0].entry.item.value.clone()), (3, Some(serde_json::json!({"n": 3}))));
     }
 
     #[test]
