@@ -143,10 +143,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("bob sees: {:?} / {:?}", note(&bob, "n1").map(|n| n.text), note(&bob, "n2").map(|n| n.text));
 
     // A loading-screen barrier: every write so far acked and pulled back.
-    let barrier = alice.world_mut().run_system_once(|c: SyncControl| c.barrier()).map_err(|e| e.to_string())?;
-    if let Some(id) = barrier {
-        run_until(&mut alice, &mut bob, "alice's barrier", |a, _| status(a).reached(id))?;
-    }
+    let id = alice.world_mut().run_system_once(|mut c: SyncControl| c.barrier()).map_err(|e| e.to_string())?;
+    run_until(&mut alice, &mut bob, "alice's barrier", |a, _| status(a).reached(id))?;
     println!("done: alice's outbox is empty ({} pending)", status(&alice).pending);
     rt.block_on(server.shutdown())?;
     Ok(())

@@ -14,6 +14,7 @@ mod reduce;
 mod route;
 mod seed;
 mod store;
+mod sync;
 mod writer;
 
 pub use config::{StoreConfig, Transform, Transforms, Validator};
@@ -28,4 +29,5 @@ pub use reads::{FetchPolicy, MergePolicy, Reader};
 pub use route::{Route, RoutePolicy, Routes};
 pub use seed::{SeedError, load_seed};
 pub use store::Store;
+pub use sync::{SyncControl, SyncStatus};
 pub use writer::{WriteOptions, Writer, WriterWith, now_ms};

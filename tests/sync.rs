@@ -182,7 +182,7 @@ fn a_barrier_waits_for_acks_and_the_pull_back() {
         })
         .expect("runs");
     a.update();
-    let id = a.world_mut().run_system_cached(|c: SyncControl| c.barrier()).expect("runs").expect("a barrier");
+    let id = a.world_mut().run_system_cached(|mut c: SyncControl| c.barrier()).expect("runs");
     assert!(run_until(&mut a, |a| status(a).reached(id)));
     assert_eq!(status(&a).pending + status(&a).in_flight, 0);
     assert!(store(&a).table().iter().all(|e| e.version == 1), "every write acked and written back");
@@ -201,7 +201,7 @@ fn a_large_pull_is_applied_over_several_frames() {
         .expect("runs");
     let id = {
         a.update();
-        a.world_mut().run_system_cached(|c: SyncControl| c.barrier()).expect("runs").expect("a barrier")
+        a.world_mut().run_system_cached(|mut c: SyncControl| c.barrier()).expect("runs")
     };
     assert!(run_until(&mut a, |a| status(a).reached(id)));
     // A fresh client with a budget of 500 changes per frame pulls 3000 records.
@@ -218,4 +218,80 @@ fn a_large_pull_is_applied_over_several_frames() {
         n == 3000
     }));
     assert!(frames_applying >= 6, "{frames_applying} frames");
+}
+
+#[test]
+fn a_second_process_on_the_same_outbox_gets_a_clear_lock_error() {
+    let server = TestServer::start("", None);
+    let dir = temp_dir("sync-lock");
+    let mut a = client(&server.url, &dir, 2000);
+    a.update();
+    // The data file (records and outbox) is held by `a`.
+    let second = AtomaPlugin::default().data_dir(&dir).sync(SyncConfig::new(&server.url)).open();
+    match second {
+        Err(atoma::io::OpenError::Locked { path }) => assert!(path.ends_with("atoma.redb")),
+        Err(other) => panic!("expected a lock error, got {other}"),
+        Ok(_) => panic!("a second open of a held outbox must fail"),
+    }
+    drop(a);
+    assert!(AtomaPlugin::default().data_dir(&dir).open().is_ok(), "free again once the first closed");
+}
+
+fn client_in_mode(url: &str, dir: &std::path::Path, mode: atoma::io::SyncMode) -> App {
+    let mut config = SyncConfig::new(url).mode(mode);
+    config.pull_interval = Duration::from_millis(100);
+    app(AtomaPlugin::default().data_dir(dir).sync(config).default_route("sync"), |app| {
+        app.add_store::<Player>(StoreConfig::default());
+    })
+}
+
+#[test]
+fn modes_run_only_their_lanes() {
+    use atoma::io::SyncMode;
+    let server = TestServer::start("", None);
+    let mut writer = client_in_mode(&server.url, &temp_dir("sync-mode-w"), SyncMode::PushOnly);
+    let mut puller = client_in_mode(&server.url, &temp_dir("sync-mode-p"), SyncMode::PullOnly);
+    let mut listener = client_in_mode(&server.url, &temp_dir("sync-mode-s"), SyncMode::SubscribeOnly);
+    // The listener's stream must be open before the write it should hear about.
+    assert!(run_until(&mut listener, |l| status(l).connected));
+    writer
+        .world_mut()
+        .run_system_cached(|mut w: Writer<Player>| {
+            w.create(player(1, "pushed", 1));
+        })
+        .expect("runs");
+    // Push-only pushes; pull-only pulls it (periodically, no notifications); subscribe-only
+    // hears the notification but pulls nothing.
+    let start = std::time::Instant::now();
+    let mut heard = false;
+    while start.elapsed() < Duration::from_secs(10) {
+        writer.update();
+        puller.update();
+        listener.update();
+        heard |= listener.world_mut().resource_mut::<Messages<SyncEvent>>().drain().any(
+            |e| matches!(e, SyncEvent::Notified { ref resources, .. } if resources.iter().any(|r| r == "players")),
+        );
+        if heard && store(&puller).contains(&1) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(store(&puller).contains(&1), "pull-only pulled");
+    assert!(heard, "subscribe-only was notified");
+    assert!(!store(&listener).contains(&1), "subscribe-only pulls nothing");
+    assert!(!status(&puller).connected, "pull-only opens no stream");
+    // Pull-only never pushes: its write stays in its outbox.
+    puller
+        .world_mut()
+        .run_system_cached(|mut w: Writer<Player>| {
+            w.create(player(2, "stays", 1));
+        })
+        .expect("runs");
+    for _ in 0..100 {
+        puller.update();
+        writer.update();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(status(&puller).pending, 1);
+    assert!(!store(&writer).contains(&2), "push-only pulls nothing either");
 }

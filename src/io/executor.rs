@@ -70,14 +70,12 @@ impl IoRuntime {
         Self { rt: None }
     }
 
-    /// Spawns a future on the runtime.
-    pub fn spawn<F>(&self, f: F)
+    /// Spawns a future on the runtime; `None` when the runtime is not running.
+    pub fn spawn<F>(&self, f: F) -> Option<tokio::task::JoinHandle<()>>
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        if let Some(rt) = &self.rt {
-            rt.spawn(f);
-        }
+        self.rt.as_ref().map(|rt| rt.spawn(f))
     }
 
     /// The runtime's handle.
@@ -101,7 +99,14 @@ impl IoRuntime {
 impl Drop for IoRuntime {
     fn drop(&mut self) {
         if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
+            if tokio::runtime::Handle::try_current().is_ok() {
+                // Dropped from async code: blocking here would panic.
+                rt.shutdown_background();
+            } else {
+                // Tasks are cancelled; the threads (and what their tasks held, such as the data
+                // file) are released before this returns.
+                rt.shutdown_timeout(std::time::Duration::from_secs(2));
+            }
         }
     }
 }

@@ -24,14 +24,14 @@ const REPLAYS: TableDefinition<&str, &[u8]> = TableDefinition::new("atoma/idempo
 const REPLAY_TIMES: TableDefinition<&[u8], ()> = TableDefinition::new("atoma/idempotency-times");
 
 /// How long idempotency keys are kept (PROTOCOL.md: 7 days).
-pub const REPLAY_WINDOW: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+const REPLAY_WINDOW: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
 /// Why a data file could not be opened.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum OpenError {
-    /// Another process has the file open.
-    #[error("data file {path} is in use by another process (close it, or give this one its own data folder)")]
+    /// Another process (or another open handle in this one) has the file open.
+    #[error("data file {path} is in use by another process or handle (close it, or give this one its own data folder)")]
     Locked {
         /// The file.
         path: PathBuf,
@@ -209,9 +209,9 @@ impl LocalExecutor {
         })
     }
 
-    /// How long a repeated idempotency key replays its first result (default
-    /// [`REPLAY_WINDOW`], 7 days). Older keys are forgotten, a few with each write, so the
-    /// file does not grow with every write ever made.
+    /// How long a repeated idempotency key replays its first result (default 7 days, as on
+    /// the server). Older keys are forgotten, a few with each write, so the file does not
+    /// grow with every write ever made.
     pub fn replay_window(mut self, window: Duration) -> Self {
         self.db.replay_window = window;
         self

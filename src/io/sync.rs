@@ -371,13 +371,21 @@ impl SyncEngine {
         Ok(r)
     }
 
-    /// A barrier: [`SyncEvent::BarrierReached`] comes once every write queued so far is acked
-    /// (or dead) and a pull that started after that has finished.
-    pub fn barrier(&self, rt: &tokio::runtime::Handle) -> u64 {
-        let id = self.inner.next_barrier.fetch_add(1, Ordering::Relaxed);
-        let target = outbox::stats(self.db()).map(|s| s.last_seq).unwrap_or(0);
+    /// A new barrier id; the barrier counts once [`SyncEngine::start_barrier`] runs.
+    pub fn new_barrier(&self) -> u64 {
+        self.inner.next_barrier.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Starts a barrier: [`SyncEvent::BarrierReached`] comes once every write handed to the
+    /// engine before this call is acked (or dead) and a pull that started after that has
+    /// finished. The outbox position is read on the local writer thread, after every write
+    /// handed over before.
+    pub fn start_barrier(&self, id: u64, rt: &tokio::runtime::Handle) {
+        let this = self.clone();
+        let target = self.inner.local.on_writer(move || outbox::stats(this.db()).map(|s| s.last_seq).unwrap_or(0));
         let this = self.clone();
         rt.spawn(async move {
+            let target = target.await.unwrap_or(0);
             loop {
                 if this.stopped() {
                     return;
@@ -403,7 +411,6 @@ impl SyncEngine {
             }
             this.emit(SyncEvent::BarrierReached { id });
         });
-        id
     }
 
     async fn push_lane(self) {

@@ -68,7 +68,8 @@ pub(crate) fn has_outgoing(out: Res<Outgoing>) -> bool {
 }
 
 /// The `Flush` system: spawns the frame's requests on the io runtime.
-pub(crate) fn flush(mut out: ResMut<Outgoing>, io: Res<IoRuntimeRes>) {
+pub(crate) fn flush(mut out: ResMut<Outgoing>, mut io: ResMut<IoRuntimeRes>) {
+    io.1.retain(|h| !h.is_finished());
     // Every executor that got work this frame hears `end_frame` once, after all of it.
     let mut touched: Vec<Arc<dyn Executor>> = Vec::new();
     let mut touch = |e: &Arc<dyn Executor>| {
@@ -82,7 +83,7 @@ pub(crate) fn flush(mut out: ResMut<Outgoing>, io: Res<IoRuntimeRes>) {
         let (reqs, replies): (Vec<WriteRequest>, Vec<(Sender<Inbound>, u64)>) =
             slots.into_iter().map(|(req, tx, batch)| (req, (tx, batch))).unzip();
         let fut = exec.write_many(reqs);
-        io.0.spawn(async move {
+        let h = io.0.spawn(async move {
             let results = fut.await;
             let mut results = results.into_iter();
             for (tx, batch) in replies {
@@ -92,11 +93,12 @@ pub(crate) fn flush(mut out: ResMut<Outgoing>, io: Res<IoRuntimeRes>) {
                 let _ = tx.send(Inbound::Written { batch, result });
             }
         });
+        io.track(h);
     }
     for (exec, req, tx, purpose) in out.queries.drain(..) {
         touch(&exec);
         let fut = exec.query(req);
-        io.0.spawn(async move {
+        let h = io.0.spawn(async move {
             let result = fut.await;
             let msg = match purpose {
                 QueryPurpose::Fetch(fetch) => Inbound::Fetched { fetch, result },
@@ -104,12 +106,39 @@ pub(crate) fn flush(mut out: ResMut<Outgoing>, io: Res<IoRuntimeRes>) {
             };
             let _ = tx.send(msg);
         });
+        io.track(h);
     }
     for e in touched {
         e.end_frame();
     }
 }
 
-/// The plugin's io runtime as a resource.
+/// The plugin's io runtime as a resource, with the requests it is running.
 #[derive(Resource)]
-pub struct IoRuntimeRes(pub IoRuntime);
+pub struct IoRuntimeRes(pub IoRuntime, pub(crate) Vec<tokio::task::JoinHandle<()>>);
+
+impl IoRuntimeRes {
+    pub(crate) fn new(io: IoRuntime) -> Self {
+        Self(io, Vec::new())
+    }
+
+    fn track(&mut self, h: Option<tokio::task::JoinHandle<()>>) {
+        if let Some(h) = h {
+            self.1.push(h);
+        }
+    }
+
+    /// Waits (up to `timeout`) for the requests handed over so far, then stops the runtime.
+    pub(crate) fn finish(&mut self, timeout: std::time::Duration) {
+        let pending = std::mem::take(&mut self.1);
+        let _ = self.0.block_on(async move {
+            let _ = tokio::time::timeout(timeout, async {
+                for h in pending {
+                    let _ = h.await;
+                }
+            })
+            .await;
+        });
+        self.0.shutdown(std::time::Duration::from_millis(500));
+    }
+}

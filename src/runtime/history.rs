@@ -1,7 +1,7 @@
 //! Undo / redo by action id. Writes with origin `sync` are never recorded. The rules are on
 //! [`HistoryLog`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use bevy_ecs::message::Messages;
 use bevy_ecs::resource::Resource;
@@ -28,11 +28,14 @@ pub(crate) struct Action<T: Record> {
     pub named: bool,
     pub touched: Vec<Touch<T>>,
     at: HashMap<T::Id, usize>,
+    /// Idempotency keys of its writes not confirmed yet (an executor's copy written back with
+    /// the same key moves `after`).
+    keys: HashSet<String>,
 }
 
 impl<T: Record> Action<T> {
     fn new(id: String, named: bool) -> Self {
-        Self { id, named, touched: Vec::new(), at: HashMap::new() }
+        Self { id, named, touched: Vec::new(), at: HashMap::new(), keys: HashSet::new() }
     }
 
     /// Adds a record: a record already held keeps its earlier `before` and takes the newer
@@ -123,13 +126,44 @@ impl<T: Record> HistoryLog<T> {
         self.frame += 1;
         // The commit applies whatever undo / redo queued before it.
         self.queued.clear();
-        let mut groups: Vec<Action<T>> = Vec::new();
-        let mut finals: Option<HashMap<&T::Id, Option<&T>>> = None;
-        for inv in &plan.inverse {
-            let Some(meta) = metas.get(inv.op) else { continue };
-            if !matches!(meta.origin, Origin::User | Origin::Mirror) || !ok.get(inv.op).copied().unwrap_or(false) {
+        let recorded = |op: usize| {
+            metas.get(op).is_some_and(|m| matches!(m.origin, Origin::User | Origin::Mirror))
+                && ok.get(op).copied().unwrap_or(false)
+        };
+        let awaiting = self.undo.iter().chain(&self.redo).any(|a| !a.keys.is_empty());
+        let confirms = |op: usize| {
+            awaiting && metas.get(op).is_some_and(|m| m.origin == Origin::Sync && !m.idempotency_key.is_empty())
+        };
+        if !plan.inverse.iter().any(|inv| recorded(inv.op) || confirms(inv.op)) {
+            return;
+        }
+        let afters = after_states(plan);
+
+        // An executor's copy of a recorded write (same idempotency key) is what the write left.
+        for (inv, after) in plan.inverse.iter().zip(&afters) {
+            if !confirms(inv.op) {
                 continue;
             }
+            let Some(key) = metas.get(inv.op).map(|m| &m.idempotency_key) else { continue };
+            let Some(a) = self.undo.iter_mut().chain(self.redo.iter_mut()).rev().find(|a| a.keys.contains(key)) else {
+                continue;
+            };
+            a.keys.remove(key);
+            let Some(&i) = a.at.get(&inv.id) else { continue };
+            let t = &mut a.touched[i];
+            let prev = inv.prev.as_ref().map(|e| &e.record);
+            // Optimistic: the store held the write's value; otherwise it held the state before.
+            if same_state(prev, t.after.as_ref()) || same_state(prev, t.before.as_ref().map(|e| &e.record)) {
+                t.after = after.cloned();
+            }
+        }
+
+        let mut groups: Vec<Action<T>> = Vec::new();
+        for (inv, after) in plan.inverse.iter().zip(&afters) {
+            if !recorded(inv.op) {
+                continue;
+            }
+            let Some(meta) = metas.get(inv.op) else { continue };
             let named = meta.action_id.as_deref();
             let at = groups.iter().position(|g| match named {
                 Some(a) => g.named && g.id == a,
@@ -144,12 +178,10 @@ impl<T: Record> HistoryLog<T> {
                     &mut groups[last]
                 }
             };
-            // The record's state once the commit is applied.
-            let finals = finals.get_or_insert_with(|| {
-                plan.changes.iter().map(|(id, e)| (id, e.as_ref().map(|e| &e.record))).collect()
-            });
-            let after = finals.get(&inv.id).copied().flatten().cloned();
-            g.add(inv.id.clone(), inv.prev.clone(), after);
+            g.add(inv.id.clone(), inv.prev.clone(), after.cloned());
+            if !meta.idempotency_key.is_empty() {
+                g.keys.insert(meta.idempotency_key.clone());
+            }
         }
         if groups.is_empty() {
             return;
@@ -172,6 +204,7 @@ impl<T: Record> HistoryLog<T> {
             for t in g.touched {
                 a.add(t.id, t.before, t.after);
             }
+            a.keys.extend(g.keys);
             self.undo.push(a);
             return;
         }
@@ -344,7 +377,9 @@ impl<T: Record> History<'_, '_, T> {
             };
             if let Some(op) = op {
                 let ticket = Ticket::next();
-                self.intents.0.push(WriteIntent { ticket, op, meta: meta(ticket, &opts, Origin::History) });
+                let meta = meta(ticket, &opts, Origin::History);
+                now.keys.insert(meta.idempotency_key.clone());
+                self.intents.0.push(WriteIntent { ticket, op, meta });
                 tickets.push(ticket);
                 self.log.queued.insert(id.clone(), before.clone());
             }
@@ -353,6 +388,26 @@ impl<T: Record> History<'_, '_, T> {
         }
         (now, HistoryStep { action: action.id, tickets })
     }
+}
+
+/// The record each inverse entry's operation left (`None`: absent), aligned with
+/// `plan.inverse`: the state before the next operation on the same record, else the commit's
+/// final state.
+fn after_states<T: Record>(plan: &Plan<T>) -> Vec<Option<&T>> {
+    let mut next: HashMap<&T::Id, Option<&T>> =
+        plan.changes.iter().map(|(id, e)| (id, e.as_ref().map(|e| &e.record))).collect();
+    let mut out: Vec<Option<&T>> = plan
+        .inverse
+        .iter()
+        .rev()
+        .map(|inv| {
+            let after = next.get(&inv.id).copied().flatten();
+            next.insert(&inv.id, inv.prev.as_ref().map(|e| &e.record));
+            after
+        })
+        .collect();
+    out.reverse();
+    out
 }
 
 /// Whether two states of a record (`None`: absent) are the same.
@@ -367,4 +422,74 @@ fn same_state<T: Record>(a: Option<&T>, b: Option<&T>) -> bool {
 /// Whether two records have the same JSON form.
 fn same<T: Record>(a: &T, b: &T) -> bool {
     matches!((serde_json::to_value(a), serde_json::to_value(b)), (Ok(x), Ok(y)) if x == y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{Table, Versions, reduce};
+
+    #[derive(crate::Record, Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[record(store = "things")]
+    struct Thing {
+        id: u32,
+        name: String,
+    }
+
+    fn thing(id: u32, name: &str) -> Thing {
+        Thing { id, name: name.into() }
+    }
+
+    fn meta(origin: Origin, key: &str) -> OpMeta {
+        OpMeta { origin, idempotency_key: key.into(), ..OpMeta::default() }
+    }
+
+    /// Reduces `ops` over `table`, records the plan, applies it.
+    fn commit(log: &mut HistoryLog<Thing>, table: &mut Table<Thing>, ops: Vec<(Op<Thing>, OpMeta)>) {
+        let metas: Vec<OpMeta> = ops.iter().map(|(_, m)| m.clone()).collect();
+        let plan = reduce(table, ops, Versions::Client, None);
+        let ok: Vec<bool> = plan.results.iter().map(Result::is_ok).collect();
+        log.record(&plan, &metas, &ok);
+        table.apply(plan.changes);
+    }
+
+    fn after(log: &HistoryLog<Thing>) -> Option<Thing> {
+        log.undo.last().and_then(|a| a.touched.first()).and_then(|t| t.after.clone())
+    }
+
+    #[test]
+    fn the_executors_copy_of_a_recorded_write_is_its_after_state() {
+        let mut log = HistoryLog::<Thing>::default();
+        let mut table = Table::new(std::iter::empty());
+        commit(&mut log, &mut table, vec![(Op::Create(thing(1, "a")), meta(Origin::User, "k1"))]);
+        assert_eq!(after(&log), Some(thing(1, "a")));
+        // A pulled change (no key of ours; reduced over a copy of the table) does not move it…
+        let pulled = Op::Remote { id: 1, version: 1, record: Some(thing(1, "theirs")) };
+        let mut t2 = Table::new(std::iter::empty());
+        t2.apply(vec![(1, Some(Entry::new(thing(1, "a"), 0)))]);
+        commit(&mut log, &mut t2, vec![(pulled, meta(Origin::Sync, ""))]);
+        assert_eq!(after(&log), Some(thing(1, "a")));
+        // …the ack of the write itself (its key), with the executor's copy, does.
+        let ack = Op::Writeback { id: 1, version: 1, record: Some(thing(1, "a (stored)")) };
+        commit(&mut log, &mut table, vec![(ack, meta(Origin::Sync, "k1"))]);
+        assert_eq!(after(&log), Some(thing(1, "a (stored)")));
+        assert_eq!(log.undoable().count(), 1, "acks are not actions");
+    }
+
+    #[test]
+    fn after_states_follow_each_operation() {
+        let table: Table<Thing> = Table::new(std::iter::empty());
+        let ops = vec![
+            (Op::Create(thing(1, "a")), meta(Origin::User, "k1")),
+            (Op::Create(thing(2, "x")), meta(Origin::User, "k2")),
+            (
+                Op::Update { id: 1, base_version: None, with: crate::core::UpdateWith::Replace(thing(1, "b")) },
+                meta(Origin::User, "k3"),
+            ),
+            (Op::Delete { id: 2, base_version: None }, meta(Origin::User, "k4")),
+        ];
+        let plan = reduce(&table, ops, Versions::Client, None);
+        let names: Vec<Option<&str>> = after_states(&plan).iter().map(|t| t.map(|t| t.name.as_str())).collect();
+        assert_eq!(names, vec![Some("a"), Some("x"), Some("b"), None]);
+    }
 }

@@ -51,8 +51,9 @@ use crate::core::{Entry, Op, Origin, Record, UpdateWith};
 /// component only when the value differs, so a game's own change does not come back as a
 /// second `Changed`. (`MirrorOf<T>` is updated, and marked changed, when the version moves.)
 ///
-/// **Despawning** a mirrored entity (or removing its `Mirror<T>`) does **not** delete the record:
-/// the entity is a view of the store, and atoma brings a fresh one back in the next `Publish`.
+/// **Despawning** a mirrored entity does **not** delete the record: the entity is a view of the
+/// store, and atoma spawns a fresh one in the next `Publish` (a `Mirror<T>` or `MirrorOf<T>`
+/// removed from a live entity is put back on it).
 /// Delete records with [`Writer::delete`](crate::runtime::Writer::delete); their entity is
 /// despawned in the same frame's `Publish`. Entities the game spawns with a `Mirror<T>` of its
 /// own (without a `MirrorOf<T>`, which only atoma can make) are not mirrored: create records
@@ -221,11 +222,11 @@ fn publish<T: Record>(
     store: Res<Store<T>>,
     mut mirror: ResMut<MirrorEntities<T>>,
     mut settled: MessageReader<WriteSettled<T>>,
-    mut removed: RemovedComponents<Mirror<T>>,
+    mut removed: (RemovedComponents<Mirror<T>>, RemovedComponents<MirrorOf<T>>),
     mut mirrors: Query<(&mut Mirror<T>, &mut MirrorOf<T>)>,
     mut commands: Commands,
 ) {
-    if state.mirror_dirty.is_empty() && settled.is_empty() && removed.is_empty() {
+    if state.mirror_dirty.is_empty() && settled.is_empty() && removed.0.is_empty() && removed.1.is_empty() {
         return;
     }
     let mut refresh = std::mem::take(&mut state.bypass_change_detection().mirror_dirty);
@@ -243,7 +244,7 @@ fn publish<T: Record>(
             }
         }
     }
-    for entity in removed.read() {
+    for entity in removed.0.read().chain(removed.1.read()) {
         if let Some(id) = mirror.by_entity.get(&entity) {
             refresh.push(id.clone());
         }

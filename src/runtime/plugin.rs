@@ -16,7 +16,7 @@ use super::metrics::AtomaMetrics;
 use super::reduce::{StoreState, from_json, has_work, reduce_store};
 use super::route::{Route, RoutePolicy, Routes};
 use super::store::Store;
-use super::sync::{SyncLink, SyncStatus, receive_sync};
+use super::sync::{SyncLink, SyncStatus, receive_sync, start_barriers};
 use crate::core::{Entry, Record, Table};
 use crate::io::{
     BatchConfig, BoxFuture, Executor, HttpExecutor, IoRuntime, LocalExecutor, MemoryExecutor, SyncConfig, SyncEngine,
@@ -211,10 +211,15 @@ impl Plugin for AtomaPlugin {
                                     rx,
                                     inboxes: Default::default(),
                                     started: false,
+                                    barriers: Vec::new(),
                                 })
                                 .init_resource::<SyncStatus>()
                                 .add_message::<SyncEvent>()
-                                .add_systems(PreUpdate, receive_sync.in_set(AtomaSystems::Receive));
+                                .add_systems(PreUpdate, receive_sync.in_set(AtomaSystems::Receive))
+                                .add_systems(
+                                    Last,
+                                    start_barriers.after(flush).before(shutdown_on_exit).in_set(AtomaSystems::Flush),
+                                );
                             }
                             Err(e) => status.errors.push(format!("sync: {e}")),
                         }
@@ -249,7 +254,7 @@ impl Plugin for AtomaPlugin {
         }
         routes.set_default(self.default_route.clone());
         app.insert_resource(routes)
-            .insert_resource(IoRuntimeRes(io))
+            .insert_resource(IoRuntimeRes::new(io))
             .insert_resource(status)
             .init_resource::<Outgoing>()
             .init_resource::<AtomaMetrics>()
@@ -261,10 +266,14 @@ impl Plugin for AtomaPlugin {
     }
 }
 
-/// On `AppExit`: the frame's writes were just flushed; give them time to land.
-fn shutdown_on_exit(mut exit: MessageReader<AppExit>, mut io: ResMut<IoRuntimeRes>) {
+/// On `AppExit`: the frame's writes were just flushed; wait (up to 5 s) for them to land,
+/// then stop the io runtime and the sync lanes.
+fn shutdown_on_exit(mut exit: MessageReader<AppExit>, mut io: ResMut<IoRuntimeRes>, link: Option<Res<SyncLink>>) {
     if exit.read().next().is_some() {
-        io.0.shutdown(Duration::from_secs(5));
+        if let Some(link) = link {
+            link.engine.stop();
+        }
+        io.finish(Duration::from_secs(5));
     }
 }
 

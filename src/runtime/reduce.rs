@@ -680,8 +680,13 @@ fn settle_flight<T: Record>(
     let name = state.name;
     let sync_meta = || OpMeta { origin: Origin::Sync, ..OpMeta::default() };
     if r.ok {
+        // The executor's copy replaces the optimistic value (it carries fields the server
+        // set) — unless an outbound transform shaped it and no writeback transform turns it
+        // back: then the game's value stays and only the version is written back.
+        let takes_copy = state.transforms.writeback.is_some() || state.transforms.outbound.is_none();
         let record = r
             .data
+            .filter(|_| takes_copy || !f.optimistic)
             .and_then(|d| match d {
                 Json::Object(m) => from_json::<T>(m, state.transforms.writeback.as_ref()).ok(),
                 _ => None,

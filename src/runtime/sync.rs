@@ -50,6 +50,21 @@ pub(crate) struct SyncLink {
     pub rx: Receiver<SyncOutput>,
     pub inboxes: HashMap<String, Sender<Inbound>>,
     pub started: bool,
+    /// Barriers asked for this frame, started after the frame's flush.
+    pub barriers: Vec<u64>,
+}
+
+/// Starts the frame's barriers, after its writes went to the engine (`Last`, after `flush`).
+pub(crate) fn start_barriers(mut link: ResMut<SyncLink>, io: Res<IoRuntimeRes>) {
+    if link.barriers.is_empty() {
+        return;
+    }
+    let ids = std::mem::take(&mut link.barriers);
+    if let Some(h) = io.0.handle() {
+        for id in ids {
+            link.engine.start_barrier(id, &h);
+        }
+    }
 }
 
 /// The `Receive` system: starts the lanes on the first frame (once every store is
@@ -109,16 +124,18 @@ pub(crate) fn receive_sync(
 /// Controls the sync engine from a system.
 #[derive(SystemParam)]
 pub struct SyncControl<'w> {
-    link: Res<'w, SyncLink>,
-    io: Res<'w, IoRuntimeRes>,
+    link: ResMut<'w, SyncLink>,
 }
 
 impl SyncControl<'_> {
     /// A barrier for a loading screen: `SyncStatus::reached(id)` turns true (and a
-    /// `SyncEvent::BarrierReached` arrives) once every write made so far is acked (or dead)
-    /// and pulled back.
-    pub fn barrier(&self) -> Option<u64> {
-        self.io.0.handle().map(|h| self.link.engine.barrier(&h))
+    /// `SyncEvent::BarrierReached` arrives) once every write made so far — this frame's
+    /// included — is acked (or dead) and pulled back.
+    pub fn barrier(&mut self) -> u64 {
+        let id = self.link.engine.new_barrier();
+        // Started after this frame's writes reach the engine.
+        self.link.barriers.push(id);
+        id
     }
     /// Pulls now.
     pub fn pull_now(&self) {
