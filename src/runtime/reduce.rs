@@ -59,6 +59,8 @@ pub(crate) struct StoreState<T: Record> {
     pub transforms: Transforms<T>,
     pub route: Option<String>,
     pub history_enabled: bool,
+    /// Whether records are mirrored as entities (then `mirror_dirty` is drained by the mirror).
+    pub mirror: bool,
     pub tx: Sender<Inbound>,
     rx: Receiver<Inbound>,
     /// Writes waiting for a fetch of their record, by fetch.
@@ -93,6 +95,7 @@ impl<T: Record> StoreState<T> {
             transforms: config.transforms.clone(),
             route: config.route.clone(),
             history_enabled: config.history,
+            mirror: config.mirror,
             tx,
             rx,
             parked: HashMap::new(),
@@ -622,7 +625,9 @@ pub(crate) fn reduce_store<T: Record>(
         m.records = store.table.len();
         committed.write(Committed { revision: store.revision, changed: changed.clone() });
     }
-    state.mirror_dirty.extend(changed.iter().cloned());
+    if state.mirror {
+        state.mirror_dirty.extend(changed.iter().cloned());
+    }
     state.changed = changed;
     emit(&mut settled, settle_now);
     let mut local = std::mem::take(&mut state.local_reads);
@@ -684,6 +689,15 @@ fn settle_flight<T: Record>(
         // set) — unless an outbound transform shaped it and no writeback transform turns it
         // back: then the game's value stays and only the version is written back.
         let takes_copy = state.transforms.writeback.is_some() || state.transforms.outbound.is_none();
+        // A later write of the record is held behind this one: its optimistic value stays
+        // until its own ack (only the version is written back now).
+        let takes_copy = takes_copy && !state.held.contains_key(&f.id);
+        // The writeback carries the write's key: history matches it to the action.
+        let ack_meta = || OpMeta {
+            origin: Origin::Sync,
+            idempotency_key: f.entry.item.meta.idempotency_key.clone(),
+            ..OpMeta::default()
+        };
         let record = r
             .data
             .filter(|_| takes_copy || !f.optimistic)
@@ -700,11 +714,11 @@ fn settle_flight<T: Record>(
                 }
             }
             (Some(version), _) if f.optimistic => {
-                ops.push((Op::Writeback { id: f.id.clone(), version, record }, sync_meta()));
+                ops.push((Op::Writeback { id: f.id.clone(), version, record }, ack_meta()));
                 op_tickets.push(None);
             }
             (Some(version), _) => {
-                ops.push((Op::Remote { id: f.id.clone(), version, record }, sync_meta()));
+                ops.push((Op::Remote { id: f.id.clone(), version, record }, ack_meta()));
                 op_tickets.push(None);
             }
             (None, _) => {}
