@@ -466,15 +466,23 @@ impl<R: Keyed> Table<R> {
     /// Orders matched slots and cuts the page out of them (top-K selection where a limit
     /// allows).
     fn cut(&self, q: &Compiled, mut matched: Vec<u32>) -> Result<QueryPage<'_, R>, QueryError> {
+        // With no sort the order is id order; when slots are in id order, the matches (always
+        // in slot order here) are already sorted and no record needs to be read to order them.
+        let presorted = q.sort.is_empty() && self.id_ordered;
         let cmp = |a: &u32, b: &u32| match (self.slot(*a), self.slot(*b)) {
             (Some(x), Some(y)) => cmp_records(&q.sort, &x.record, &y.record),
             _ => a.cmp(b),
+        };
+        let top_k = |v: &mut [u32], k: usize, cmp: &dyn Fn(&u32, &u32) -> Ordering| {
+            if !presorted {
+                top_k(v, k, cmp);
+            }
         };
         match &q.page {
             PageSpec::Offset { limit, offset, total } => {
                 let n = matched.len();
                 let end = limit.map_or(n, |l| offset.saturating_add(l).min(n));
-                top_k(&mut matched, end, cmp);
+                top_k(&mut matched, end, &cmp);
                 let start = (*offset).min(end);
                 let items: Vec<_> = matched[start..end].iter().filter_map(|s| self.slot(*s)).collect();
                 let mut info = self.page_info(&q.sort, &items, false);
@@ -491,7 +499,7 @@ impl<R: Keyed> Table<R> {
                 }
                 let n = matched.len();
                 let end = limit.map_or(n, |l| l.min(n));
-                top_k(&mut matched, end, cmp);
+                top_k(&mut matched, end, &cmp);
                 let items: Vec<_> = matched[..end].iter().filter_map(|s| self.slot(*s)).collect();
                 let mut info = self.page_info(&q.sort, &items, false);
                 info.has_next = Some(end < n);
@@ -506,10 +514,15 @@ impl<R: Keyed> Table<R> {
                 }
                 let n = matched.len();
                 let take = limit.map_or(n, |l| l.min(n));
-                // The last `take` in order: the first `take` in reverse order.
-                top_k(&mut matched, take, |a, b| cmp(b, a));
-                let mut page: Vec<u32> = matched[..take].to_vec();
-                page.reverse();
+                // The last `take` in order.
+                let page: Vec<u32> = if presorted {
+                    matched[n - take..].to_vec()
+                } else {
+                    top_k(&mut matched, take, &|a, b| cmp(b, a));
+                    let mut p = matched[..take].to_vec();
+                    p.reverse();
+                    p
+                };
                 let items: Vec<_> = page.iter().filter_map(|s| self.slot(*s)).collect();
                 let mut info = self.page_info(&q.sort, &items, true);
                 info.has_next = Some(take < n);
@@ -619,10 +632,12 @@ impl<R: Keyed> Table<R> {
                 }
             }
         } else {
-            // No sort: id order. Walk the smallest id-ordered equality posting of a top-level
-            // conjunct.
-            let Some((index, list)) = self.id_ordered_posting(pred) else { return Ok(None) };
+            // No sort: id order. Walk the smallest id-ordered list of a top-level conjunct (an
+            // equality posting; or, while slot order is id order, a trigram or token list,
+            // checking the leaf's other lists by binary search) until the page is full.
+            let Some((index, list, siblings)) = self.id_ordered_posting(pred) else { return Ok(None) };
             walked = index.spec.clone();
+            let in_all = |s: u32| siblings.iter().all(|l| l.binary_search(&s).is_ok());
             let start = match &pos {
                 Some((_, id)) => list.partition_point(|&s| {
                     self.slot(s).is_some_and(|e| if backward { e.record.id() < id } else { e.record.id() <= id })
@@ -633,14 +648,14 @@ impl<R: Keyed> Table<R> {
             if backward {
                 for &s in list[..start].iter().rev() {
                     visited += 1;
-                    if accept(s, &mut out) || visited > WALK_BUDGET {
+                    if (in_all(s) && accept(s, &mut out)) || visited > WALK_BUDGET {
                         break;
                     }
                 }
             } else {
                 for &s in &list[start..] {
                     visited += 1;
-                    if accept(s, &mut out) || visited > WALK_BUDGET {
+                    if (in_all(s) && accept(s, &mut out)) || visited > WALK_BUDGET {
                         break;
                     }
                 }
@@ -665,8 +680,12 @@ impl<R: Keyed> Table<R> {
         Ok(Some(QueryPage { items, page_info: info }))
     }
 
-    /// The shortest id-ordered equality posting among the top-level conjuncts of `pred`.
-    fn id_ordered_posting(&self, pred: Option<&Pred>) -> Option<(&FieldIndex, &[u32])> {
+    /// The shortest id-ordered list among the top-level conjuncts of `pred`, with the other
+    /// lists of its leaf (whose intersection with it holds every match of the leaf).
+    ///
+    /// Equality postings are always in id order; trigram and token lists are in slot order,
+    /// which is id order while the table is `id_ordered`.
+    fn id_ordered_posting(&self, pred: Option<&Pred>) -> Option<(&FieldIndex, &[u32], Vec<&[u32]>)> {
         let leaves: &[Pred] = match pred? {
             Pred::And(ps) => ps,
             p => std::slice::from_ref(p),
@@ -674,16 +693,38 @@ impl<R: Keyed> Table<R> {
         leaves
             .iter()
             .filter_map(|p| {
-                let (path, key) = match p {
-                    Pred::Eq { path, key } => (path, key),
-                    Pred::IsNull { path } => (path, &Key::Null),
+                let (index, mut lists) = match p {
+                    Pred::Eq { path, key } if &**path != R::ID_FIELD => {
+                        let index = self.index(path, IndexKind::Eq)?;
+                        let IndexData::Eq(e) = &index.data else { return None };
+                        (index, vec![e.get(key)])
+                    }
+                    Pred::IsNull { path } => {
+                        let index = self.index(path, IndexKind::Eq)?;
+                        let IndexData::Eq(e) = &index.data else { return None };
+                        (index, vec![e.get(&Key::Null)])
+                    }
+                    Pred::Contains { path, needle }
+                    | Pred::StartsWith { path, needle }
+                    | Pred::EndsWith { path, needle }
+                        if self.id_ordered =>
+                    {
+                        let index = self.index(path, IndexKind::Substring)?;
+                        let IndexData::Substring(n) = &index.data else { return None };
+                        (index, n.lists(needle)?)
+                    }
+                    Pred::Text { path, tokens, distance: 0 } if self.id_ordered => {
+                        let index = self.index(path, IndexKind::Text)?;
+                        let IndexData::Text(t) = &index.data else { return None };
+                        (index, t.lists(tokens))
+                    }
                     _ => return None,
                 };
-                let index = self.index(path, IndexKind::Eq)?;
-                let IndexData::Eq(e) = &index.data else { return None };
-                Some((index, e.get(key)))
+                lists.sort_by_key(|l| l.len());
+                let driving = lists.remove(0);
+                Some((index, driving, lists))
             })
-            .min_by_key(|(_, l)| l.len())
+            .min_by_key(|(_, l, _)| l.len())
     }
 }
 

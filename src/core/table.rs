@@ -35,11 +35,23 @@ pub struct Table<R: Keyed> {
     pub(crate) by_id: HashMap<R::Id, u32>,
     free: Vec<u32>,
     pub(crate) indexes: Vec<FieldIndex>,
+    /// The largest id ever inserted, while `id_ordered` holds.
+    last_id: Option<R::Id>,
+    /// Whether slot order is id order (records arrived in increasing id order and no slot
+    /// was reused): then slot-ordered candidate lists are already in id order.
+    pub(crate) id_ordered: bool,
 }
 
 impl<R: Keyed> Default for Table<R> {
     fn default() -> Self {
-        Self { slots: Vec::new(), by_id: HashMap::new(), free: Vec::new(), indexes: Vec::new() }
+        Self {
+            slots: Vec::new(),
+            by_id: HashMap::new(),
+            free: Vec::new(),
+            indexes: Vec::new(),
+            last_id: None,
+            id_ordered: true,
+        }
     }
 }
 
@@ -186,6 +198,15 @@ impl<R: Keyed> Table<R> {
     }
 
     fn insert(&mut self, id: R::Id, next: Entry<R>) {
+        if self.id_ordered {
+            // Appending a larger id keeps slot order equal to id order; anything else ends it.
+            if !self.free.is_empty() || self.last_id.as_ref().is_some_and(|last| *last >= id) {
+                self.id_ordered = false;
+                self.last_id = None;
+            } else {
+                self.last_id = Some(id.clone());
+            }
+        }
         let slot = match self.free.pop() {
             Some(s) => {
                 self.slots[s as usize] = Some(next);

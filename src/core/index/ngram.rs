@@ -76,6 +76,16 @@ impl NgramIndex {
         Some(acc)
     }
 
+    /// The slot-ordered lists of `needle`'s trigrams (their intersection holds every slot that
+    /// may contain it); `None` when the needle is too short.
+    pub fn lists(&self, needle: &str) -> Option<Vec<&[u32]>> {
+        let gs = grams(needle);
+        if gs.is_empty() {
+            return None;
+        }
+        Some(gs.iter().map(|g| self.postings.get(g).map_or(&[][..], Vec::as_slice)).collect())
+    }
+
     /// The size of the smallest trigram list of `needle` (for cost estimates).
     pub fn estimate(&self, needle: &str) -> Option<usize> {
         grams(needle).iter().map(|g| self.postings.get(g).map_or(0, Vec::len)).min()

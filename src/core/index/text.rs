@@ -101,6 +101,17 @@ impl TextIndex {
         out
     }
 
+    /// The slot-ordered lists of exact tokens (their intersection is exactly the `match`).
+    pub fn lists(&self, tokens: &[Box<[char]>]) -> Vec<&[u32]> {
+        tokens
+            .iter()
+            .map(|q| {
+                let s: String = q.iter().collect();
+                self.postings.get(s.as_str()).map_or(&[][..], Vec::as_slice)
+            })
+            .collect()
+    }
+
     /// The number of slots holding a token exactly (for cost estimates).
     pub fn count(&self, token: &[char]) -> usize {
         let s: String = token.iter().collect();
