@@ -110,6 +110,7 @@ fn a_thousand_queries_in_one_frame_are_ceil_n_over_max_requests() {
     let probe = Arc::new(Probe::new(&server));
     let config = BatchConfig { max_ops_per_request: 150, query_max_in_flight: 4, ..BatchConfig::default() };
     let engine = engine(&server, probe.clone(), config);
+    let events = engine.events();
     let executor = HttpExecutor::with_engine(engine.clone());
     let mut a = app(AtomaPlugin::in_memory().route("server", Route::new(executor)).default_route("server"), |app| {
         app.add_store::<Player>(StoreConfig::default());
@@ -132,7 +133,7 @@ fn a_thousand_queries_in_one_frame_are_ceil_n_over_max_requests() {
         done == 1000
     }));
     assert_eq!(probe.sent.load(Ordering::SeqCst), 1000usize.div_ceil(150), "ceil(1000 / 150) requests");
-    let events: Vec<BatchEvent> = engine.events().try_iter().collect();
+    let events: Vec<BatchEvent> = events.try_iter().collect();
     let requests: usize = events.iter().filter(|e| matches!(e, BatchEvent::Request { .. })).count();
     assert_eq!(requests, 7, "one request event per request for the one emitter");
     assert!(events.iter().any(
@@ -252,6 +253,7 @@ fn trace_headers_only_when_every_task_shares_one_trace() {
     let server = TestServer::open();
     let probe = Arc::new(Probe::new(&server));
     let e = engine(&server, probe.clone(), BatchConfig::default());
+    let events = e.events();
     let traced = |t: &str| TaskContext { trace_id: Some(t.into()), emitter: Some("p".into()) };
     // Same trace: headers and meta.
     let f1: Vec<_> = (0..3).map(|_| e.enqueue_query("players".into(), atoma::Query::all(), traced("t-1"))).collect();
@@ -278,8 +280,7 @@ fn trace_headers_only_when_every_task_shares_one_trace() {
     assert!(seen[1].1.is_none() && seen[1].0.meta.trace_id.is_none());
     assert_eq!((seen[2].0.ops.len(), seen[3].0.ops.len()), (1, 1), "traced and untraced split");
     assert_eq!(seen[2].1.as_ref().map(|t| t.trace_id.as_str()), Some("t-3"));
-    let mixed: Vec<bool> = e
-        .events()
+    let mixed: Vec<bool> = events
         .try_iter()
         .filter_map(|ev| match ev {
             BatchEvent::Request { mixed_trace, .. } => Some(mixed_trace),

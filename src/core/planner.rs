@@ -93,6 +93,9 @@ pub struct IndexUse {
     pub exact: bool,
 }
 
+/// An index, its driving id-ordered list, and the leaf's other lists.
+type Walkable<'a> = (&'a FieldIndex, &'a [u32], Vec<&'a [u32]>);
+
 /// A candidate set: slots sorted ascending.
 struct Cands {
     slots: Vec<u32>,
@@ -685,7 +688,7 @@ impl<R: Keyed> Table<R> {
     ///
     /// Equality postings are always in id order; trigram and token lists are in slot order,
     /// which is id order while the table is `id_ordered`.
-    fn id_ordered_posting(&self, pred: Option<&Pred>) -> Option<(&FieldIndex, &[u32], Vec<&[u32]>)> {
+    fn id_ordered_posting(&self, pred: Option<&Pred>) -> Option<Walkable<'_>> {
         let leaves: &[Pred] = match pred? {
             Pred::And(ps) => ps,
             p => std::slice::from_ref(p),

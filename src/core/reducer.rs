@@ -521,6 +521,10 @@ impl<R: Keyed + Serialize + DeserializeOwned> Reducer<'_, R> {
             }
             Op::Writeback { id, version, record } => {
                 let Some(cur) = self.current(&id) else { return Ok(Applied { id: Some(id), version: None }) };
+                if version < cur.version {
+                    // A later confirmation already moved the record on: versions never go back.
+                    return Ok(Applied { id: Some(id), version: Some(cur.version) });
+                }
                 if record.is_none() && cur.version == version {
                     return Ok(Applied { id: Some(id), version: Some(version) });
                 }

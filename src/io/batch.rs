@@ -247,7 +247,8 @@ struct Inner {
     config: BatchConfig,
     state: Mutex<State>,
     disposed: AtomicBool,
-    events: (Sender<BatchEvent>, Receiver<BatchEvent>),
+    /// Set once someone asks for events: until then none are kept (nobody would drain them).
+    events: Mutex<Option<(Sender<BatchEvent>, Receiver<BatchEvent>)>>,
     runtime: tokio::runtime::Handle,
     next_request: AtomicU64,
 }
@@ -279,16 +280,25 @@ impl BatchEngine {
             config,
             state: Mutex::new(State::default()),
             disposed: AtomicBool::new(false),
-            events: crossbeam_channel::unbounded(),
+            events: Mutex::new(None),
             runtime,
             next_request: AtomicU64::new(1),
         };
         Self { inner: Arc::new(inner) }
     }
 
-    /// Request / response events (each receiver clone sees a share of them: use one).
+    /// Request / response events from now on (each receiver clone sees a share of them: use
+    /// one). Until this is first called the engine keeps no events.
     pub fn events(&self) -> Receiver<BatchEvent> {
-        self.inner.events.1.clone()
+        let mut ev = self.inner.events.lock().unwrap_or_else(|p| p.into_inner());
+        ev.get_or_insert_with(crossbeam_channel::unbounded).1.clone()
+    }
+
+    fn send_event(&self, e: BatchEvent) {
+        let ev = self.inner.events.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((tx, _)) = ev.as_ref() {
+            let _ = tx.send(e);
+        }
     }
 
     /// The settings.
@@ -513,7 +523,7 @@ impl BatchEngine {
         attempt: u32,
     ) {
         for (emitter, (ops, tasks)) in per_emitter {
-            let _ = self.inner.events.0.send(BatchEvent::Request {
+            self.send_event(BatchEvent::Request {
                 emitter: emitter.clone(),
                 lane,
                 op_count: *ops,
@@ -528,13 +538,7 @@ impl BatchEngine {
 
     fn emit_responses(&self, lane: Lane, per_emitter: &HashMap<String, (usize, usize)>, ok: bool, duration: Duration) {
         for (emitter, (ops, _)) in per_emitter {
-            let _ = self.inner.events.0.send(BatchEvent::Response {
-                emitter: emitter.clone(),
-                lane,
-                op_count: *ops,
-                ok,
-                duration,
-            });
+            self.send_event(BatchEvent::Response { emitter: emitter.clone(), lane, op_count: *ops, ok, duration });
         }
     }
 

@@ -19,6 +19,8 @@ const ITEMS: TableDefinition<u64, &[u8]> = TableDefinition::new("sync/outbox");
 const KEYS: TableDefinition<&str, u64> = TableDefinition::new("sync/outbox-keys");
 const DEAD: TableDefinition<u64, &[u8]> = TableDefinition::new("sync/dead-letters");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("sync/meta");
+const DEFERRED: TableDefinition<&str, &[u8]> = TableDefinition::new("sync/deferred");
+const OWN: TableDefinition<&str, (u64, u64)> = TableDefinition::new("sync/own-versions");
 
 /// Where an item is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -452,6 +454,90 @@ pub fn set_cursor(txn: &WriteTransaction, name: &str, cursor: &str) -> Result<()
     Ok(())
 }
 
+/// A pulled change of a record that had writes in the outbox: the pull moved on without it
+/// (the local value was kept), so it is applied once the record's writes are settled —
+/// unless the server answered one of them with something newer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Deferred {
+    /// The record's version after the change.
+    pub version: u64,
+    /// The record, or `None` when deleted.
+    pub value: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+fn deferred_key(resource: &str, id: &str) -> String {
+    format!("{resource}\u{0}{id}")
+}
+
+/// Keeps a pulled change of a record with writes in the outbox, inside the caller's
+/// transaction (the pull's). Pulls come in change-log order: the newest change replaces an
+/// older one.
+pub fn defer(txn: &WriteTransaction, resource: &str, id: &str, change: &Deferred) -> Result<(), StandardError> {
+    let mut table = txn.open_table(DEFERRED).map_err(storage)?;
+    table.insert(deferred_key(resource, id).as_str(), enc(change)?.as_slice()).map_err(storage)?;
+    Ok(())
+}
+
+/// Takes (removes) the deferred change of a record, inside the caller's transaction.
+pub fn take_deferred(txn: &WriteTransaction, resource: &str, id: &str) -> Result<Option<Deferred>, StandardError> {
+    let mut table = txn.open_table(DEFERRED).map_err(storage)?;
+    let taken = table.remove(deferred_key(resource, id).as_str()).map_err(storage)?;
+    taken.map(|v| dec(v.value())).transpose()
+}
+
+/// Notes, inside the caller's transaction (the ack's), that the server gave a write of this
+/// client version `version` of a record, now the local copy's version. Versions `from + 1 ..=
+/// version` are this client's own while the acks follow each other.
+pub fn note_own_version(txn: &WriteTransaction, resource: &str, id: &str, version: u64) -> Result<(), StandardError> {
+    let mut table = txn.open_table(OWN).map_err(storage)?;
+    let key = deferred_key(resource, id);
+    let from = match table.get(key.as_str()).map_err(storage)?.map(|v| v.value()) {
+        Some((from, to)) if to + 1 == version => from,
+        _ => version.saturating_sub(1),
+    };
+    table.insert(key.as_str(), (from, version)).map_err(storage)?;
+    Ok(())
+}
+
+/// Forgets a record's own versions (the local copy took a version from someone else).
+pub fn forget_own_versions(txn: &WriteTransaction, resource: &str, id: &str) -> Result<(), StandardError> {
+    let mut table = txn.open_table(OWN).map_err(storage)?;
+    table.remove(deferred_key(resource, id).as_str()).map_err(storage)?;
+    Ok(())
+}
+
+/// `(from, to)`: the local copy of a record is at version `to`, and versions `from + 1 ..= to`
+/// came from this client's own acked writes.
+pub fn own_versions(txn: &WriteTransaction, resource: &str, id: &str) -> Result<Option<(u64, u64)>, StandardError> {
+    let table = txn.open_table(OWN).map_err(storage)?;
+    let found = table.get(deferred_key(resource, id).as_str()).map_err(storage)?.map(|v| v.value());
+    Ok(found)
+}
+
+/// Gives a new write of a record the local copy's version as its base when the write's base
+/// is older only by this client's own acked writes: the game made it before their acks
+/// reached its store (they settled after the store's frame began), and the outbox had nothing
+/// left to rebase. A base older than a version from someone else stays (a real conflict).
+pub fn rebase_on_own_versions(
+    txn: &WriteTransaction,
+    resource: &str,
+    entry: &mut WireWriteEntry,
+) -> Result<(), StandardError> {
+    if entry.action == WriteAction::Create || commutative(entry) {
+        return Ok(());
+    }
+    let Some(id) = entry_target(entry) else { return Ok(()) };
+    let base = entry.item.base_version.unwrap_or(0);
+    if let Some((from, to)) = own_versions(txn, resource, &id)?
+        && from <= base
+        && base < to
+    {
+        entry.item.base_version = Some(to);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -592,5 +678,43 @@ mod tests {
         assert_eq!(recover(&db, 500).expect("recover"), 0, "not timed out yet");
         assert_eq!(recover(&db, i64::MAX).expect("recover"), 1);
         assert_eq!(reserve(&db, 10, 1000).expect("reserve").len(), 1);
+    }
+
+    #[test]
+    fn deferred_changes_keep_the_newest() {
+        let db = db("deferred");
+        let txn = db.begin_write().expect("txn");
+        let v = |n: i64| serde_json::json!({ "n": n }).as_object().cloned();
+        defer(&txn, "players", "a", &Deferred { version: 2, value: v(2) }).expect("defer");
+        defer(&txn, "players", "a", &Deferred { version: 3, value: None }).expect("defer");
+        assert_eq!(take_deferred(&txn, "players", "a").expect("take"), Some(Deferred { version: 3, value: None }));
+        assert_eq!(take_deferred(&txn, "players", "a").expect("take"), None, "taken once");
+        txn.commit().expect("commit");
+    }
+
+    #[test]
+    fn a_base_older_only_by_own_acks_is_rebased() {
+        let db = db("own");
+        let txn = db.begin_write().expect("txn");
+        // Acks of this client gave versions 2 and 3 (applied on 1 and 2).
+        note_own_version(&txn, "players", "a", 2).expect("note");
+        note_own_version(&txn, "players", "a", 3).expect("note");
+        assert_eq!(own_versions(&txn, "players", "a").expect("own"), Some((1, 3)));
+        let rebased = |base: Option<u64>, action: WriteAction| {
+            let mut e = entry(action, "a", "k", serde_json::json!({}), base);
+            rebase_on_own_versions(&txn, "players", &mut e).expect("rebase");
+            e.item.base_version
+        };
+        assert_eq!(rebased(Some(1), WriteAction::Update), Some(3), "older by own versions only");
+        assert_eq!(rebased(Some(2), WriteAction::Delete), Some(3));
+        assert_eq!(rebased(Some(3), WriteAction::Update), Some(3), "current");
+        assert_eq!(rebased(None, WriteAction::Create), None, "a create has no base");
+        // A version from someone else in between: the write stays a conflict.
+        note_own_version(&txn, "players", "a", 5).expect("note");
+        assert_eq!(own_versions(&txn, "players", "a").expect("own"), Some((4, 5)));
+        assert_eq!(rebased(Some(3), WriteAction::Update), Some(3));
+        forget_own_versions(&txn, "players", "a").expect("forget");
+        assert_eq!(rebased(Some(4), WriteAction::Update), Some(4));
+        txn.commit().expect("commit");
     }
 }

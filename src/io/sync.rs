@@ -79,7 +79,9 @@ pub struct SyncConfig {
     pub pull_limit: u32,
     /// Pull at least this often.
     pub pull_interval: Duration,
-    /// Wait this long after a notification before pulling (more notifications fold in).
+    /// At most one notification-woken pull per this window: a notification after a quiet
+    /// spell pulls at once; later ones within the window (from the end of the last pull)
+    /// fold into one pull at its end.
     pub notify_debounce: Duration,
     /// Backoff of failed pushes.
     pub retry: RetryPolicy,
@@ -490,10 +492,17 @@ impl SyncEngine {
         }
         let now = now_ms();
         let mut outcomes = Vec::with_capacity(items.len());
+        // The server's copies of acked records (writes ask for them with `returning`).
+        let mut returned: HashMap<u64, Map<String, Json>> = HashMap::new();
         let (mut acked, mut rejected, mut retrying) = (0, 0, 0);
         for it in &items {
             let outcome = match results.remove(&it.seq.to_string()) {
-                Some(r) if r.ok => Outcome::Acked { version: r.version },
+                Some(r) if r.ok => {
+                    if let Some(Json::Object(m)) = r.data {
+                        returned.insert(it.seq, m);
+                    }
+                    Outcome::Acked { version: r.version }
+                }
                 Some(r) => {
                     let error = r.error.unwrap_or_else(|| StandardError::internal("a failed entry without an error"));
                     if error.is_retryable() {
@@ -533,7 +542,7 @@ impl SyncEngine {
         }
         let this = self.clone();
         let items2 = items.clone();
-        let settled = tokio::task::spawn_blocking(move || this.settle(&items2, &outcomes)).await;
+        let settled = tokio::task::spawn_blocking(move || this.settle(&items2, &outcomes, &returned)).await;
         match settled {
             Ok(Ok(applies)) => {
                 for (resource, changes) in applies {
@@ -556,10 +565,15 @@ impl SyncEngine {
 
     /// Settles outcomes and writes acks and rejections back into the local file, in one
     /// transaction. Returns the changes for the stores.
+    ///
+    /// Once a record has no more writes in the outbox, its local copy becomes the server's
+    /// newest copy known: the one the ack returned, or a change a pull deferred while the
+    /// record's writes were waiting (when it is newer), or the server's copy of a rejection.
     fn settle(
         &self,
         items: &[outbox::OutboxItem],
         outcomes: &[(u64, Outcome)],
+        returned: &HashMap<u64, Map<String, Json>>,
     ) -> Result<Vec<(String, Vec<SyncChange>)>, StandardError> {
         let txn = self.db().begin_write().map_err(storage)?;
         outbox::settle_in(&txn, outcomes, self.inner.config.max_attempts)?;
@@ -568,16 +582,42 @@ impl SyncEngine {
         for (seq, outcome) in outcomes {
             let Some(it) = items.iter().find(|i| i.seq == *seq) else { continue };
             let waiting = still_pending.contains(&(it.resource.clone(), it.entity_id.clone()));
-            match outcome {
-                Outcome::Acked { version: Some(v) } => {
-                    // The local copy gets the server version; its value stays (it is what was
-                    // pushed, or newer).
-                    let value = self.inner.local.set_version_in(&txn, &it.resource, &it.entity_id, *v)?;
-                    applies.entry(it.resource.clone()).or_default().push(SyncChange::Acked {
-                        id: it.entity_id.clone(),
-                        version: *v,
-                        value: if waiting { None } else { value },
-                    });
+            let deferred = if waiting { None } else { outbox::take_deferred(&txn, &it.resource, &it.entity_id)? };
+            let remote = |version: u64, value: Option<Map<String, Json>>| -> Result<SyncChange, StandardError> {
+                self.inner.local.put_in(&txn, &it.resource, &it.entity_id, value.as_ref().map(|v| (v, version)))?;
+                Ok(SyncChange::Remote { id: it.entity_id.clone(), version, value })
+            };
+            let change = match outcome {
+                // A change the server made after this write: it wins.
+                Outcome::Acked { version: Some(v) } if deferred.as_ref().is_some_and(|d| d.version > *v) => {
+                    let d = deferred.expect("checked");
+                    remote(d.version, d.value)?
+                }
+                Outcome::Acked { version: Some(v) } => match returned.get(seq).filter(|_| !waiting) {
+                    // The server's copy (with the changes of others, e.g. their increments).
+                    Some(server) => {
+                        self.inner.local.put_in(&txn, &it.resource, &it.entity_id, Some((server, *v)))?;
+                        SyncChange::Acked { id: it.entity_id.clone(), version: *v, value: Some(server.clone()) }
+                    }
+                    None => {
+                        // The local copy gets the server version; its value stays (it is what
+                        // was pushed, or newer).
+                        let value = self.inner.local.set_version_in(&txn, &it.resource, &it.entity_id, *v)?;
+                        SyncChange::Acked {
+                            id: it.entity_id.clone(),
+                            version: *v,
+                            value: if waiting { None } else { value },
+                        }
+                    }
+                },
+                // An acked delete: a deferred delete is applied (the record may have come back
+                // into a store meanwhile); a deferred upsert may be older than the delete.
+                Outcome::Acked { version: None } => {
+                    outbox::forget_own_versions(&txn, &it.resource, &it.entity_id)?;
+                    match deferred {
+                        Some(d) if d.value.is_none() => remote(d.version, None)?,
+                        _ => continue,
+                    }
                 }
                 Outcome::Rejected { current, .. } if !waiting => {
                     // The server's copy wins (a rejected create: the record goes).
@@ -585,18 +625,25 @@ impl SyncEngine {
                         Some(c) => (c.value.clone().and_then(|v| v.as_object().cloned()), c.version.unwrap_or(0)),
                         None => (None, 0),
                     };
-                    if value.is_none() && it.entry.action != WriteAction::Create {
-                        continue;
+                    match deferred {
+                        Some(d) if value.is_none() || d.version > version => remote(d.version, d.value)?,
+                        _ if value.is_none() && it.entry.action != WriteAction::Create => continue,
+                        _ => remote(version, value)?,
                     }
-                    self.inner.local.put_in(&txn, &it.resource, &it.entity_id, value.as_ref().map(|v| (v, version)))?;
-                    applies.entry(it.resource.clone()).or_default().push(SyncChange::Remote {
-                        id: it.entity_id.clone(),
-                        version,
-                        value,
-                    });
                 }
-                _ => {}
+                // A write that became a dead letter by failing: what the pulls deferred.
+                _ => match deferred {
+                    Some(d) => remote(d.version, d.value)?,
+                    None => continue,
+                },
+            };
+            match &change {
+                SyncChange::Acked { version, .. } => {
+                    outbox::note_own_version(&txn, &it.resource, &it.entity_id, *version)?;
+                }
+                SyncChange::Remote { .. } => outbox::forget_own_versions(&txn, &it.resource, &it.entity_id)?,
             }
+            applies.entry(it.resource.clone()).or_default().push(change);
         }
         txn.commit().map_err(storage)?;
         Ok(applies.into_iter().collect())
@@ -605,16 +652,26 @@ impl SyncEngine {
     async fn pull_lane(self) {
         let mut failures = 0u32;
         let mut first = true;
+        let mut last_pull = tokio::time::Instant::now();
         while !self.stopped() {
             if !first {
                 let _ = tokio::time::timeout(self.inner.config.pull_interval, self.inner.pull_wake.notified()).await;
-                tokio::time::sleep(self.inner.config.notify_debounce).await;
+                // Debounced on the leading edge: a wake after a quiet spell pulls at once (the
+                // latency of a change from another client is one pull, not one debounce plus
+                // one pull); wakes within `notify_debounce` of the last pull wait out the rest
+                // of it, and every notification arriving meanwhile folds into that one pull.
+                let since = last_pull.elapsed();
+                if since < self.inner.config.notify_debounce {
+                    tokio::time::sleep(self.inner.config.notify_debounce - since).await;
+                }
             }
             first = false;
             if self.stopped() {
                 return;
             }
-            match self.pull_all().await {
+            let result = self.pull_all().await;
+            last_pull = tokio::time::Instant::now();
+            match result {
                 Ok(()) => failures = 0,
                 Err(e) => {
                     self.emit(SyncEvent::PullFailed { error: e });
@@ -680,15 +737,23 @@ impl SyncEngine {
         let pending = outbox::pending_records(&txn)?;
         let mut applies: HashMap<String, Vec<SyncChange>> = HashMap::new();
         for c in pulled.changes {
-            if pending.contains(&(c.resource.clone(), c.entity_id.clone())) {
-                continue;
-            }
             let value = match (c.kind, c.value) {
                 (ChangeKind::Upsert, Some(Json::Object(m))) => Some(m),
                 (ChangeKind::Upsert, _) => continue, // an upsert without its value: nothing to apply
                 (ChangeKind::Delete, _) => None,
             };
+            if pending.contains(&(c.resource.clone(), c.entity_id.clone())) {
+                // The cursor moves past it: keep it for when the record's writes are settled.
+                outbox::defer(&txn, &c.resource, &c.entity_id, &outbox::Deferred { version: c.version, value })?;
+                continue;
+            }
             self.inner.local.put_in(&txn, &c.resource, &c.entity_id, value.as_ref().map(|v| (v, c.version)))?;
+            if let Some((_, to)) = outbox::own_versions(&txn, &c.resource, &c.entity_id)?
+                && (c.version > to || value.is_none())
+            {
+                // Someone else's change: the local version is no longer this client's own.
+                outbox::forget_own_versions(&txn, &c.resource, &c.entity_id)?;
+            }
             applies.entry(c.resource).or_default().push(SyncChange::Remote {
                 id: c.entity_id,
                 version: c.version,
@@ -734,6 +799,10 @@ impl SyncEngine {
         }
         self.emit(SyncEvent::Connected);
         *attempt = 0;
+        // Notifications sent while the stream was down are lost: catch up with a pull.
+        if self.inner.config.mode.pulls() {
+            self.pull_now();
+        }
         let mut buf = String::new();
         let mut event = String::new();
         loop {
@@ -790,8 +859,11 @@ impl Executor for SyncEngine {
             let mut queued = 0;
             for req in &reqs {
                 let result = this.inner.local.write_local_first_in(&txn, req)?;
-                let ok: Vec<WireWriteEntry> =
+                let mut ok: Vec<WireWriteEntry> =
                     req.entries.iter().zip(&result.results).filter(|(_, r)| r.ok).map(|(e, _)| e.clone()).collect();
+                for e in &mut ok {
+                    outbox::rebase_on_own_versions(&txn, &req.resource, e)?;
+                }
                 queued += outbox::enqueue(&txn, &req.resource, &ok, now_ms())?.len();
                 out.push(result);
             }

@@ -118,4 +118,5 @@ pub fn seed_remote(exec: &MemoryExecutor, records: &[Player]) {
     assert!(r.results.iter().all(|r| r.ok), "{r:?}");
 }
 
+pub mod proxy;
 pub mod server;
