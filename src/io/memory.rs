@@ -11,10 +11,15 @@ use crate::protocol::{
     with_version,
 };
 
+/// Idempotency keys remembered (the memory executor forgets the oldest beyond this).
+const MAX_REPLAYS: usize = 100_000;
+
 #[derive(Default)]
 struct State {
     tables: HashMap<String, Table<JsonRecord>>,
     replays: HashMap<String, WriteItemResult>,
+    /// Replay keys in arrival order: the oldest are forgotten beyond `MAX_REPLAYS`.
+    replay_order: std::collections::VecDeque<String>,
     next_id: u64,
 }
 
@@ -89,7 +94,13 @@ impl MemoryExecutor {
                 Err((error, current)) => WriteItemResult::err(e.entry_id.clone(), error, current),
             };
             if r.ok {
+                state.replay_order.push_back(key.clone());
                 state.replays.insert(key, r.clone());
+                while state.replay_order.len() > MAX_REPLAYS {
+                    if let Some(old) = state.replay_order.pop_front() {
+                        state.replays.remove(&old);
+                    }
+                }
             }
             results.push(r);
         }
@@ -99,13 +110,14 @@ impl MemoryExecutor {
 
 impl Executor for MemoryExecutor {
     fn query(&self, req: QueryRequest) -> BoxFuture<Result<QueryResult, StandardError>> {
-        let r = self.run_query(&req);
-        Box::pin(async move { r })
+        let this = self.clone();
+        Box::pin(async move { this.run_query(&req) })
     }
 
     fn write(&self, req: WriteRequest) -> BoxFuture<Result<WriteResult, StandardError>> {
-        let r = self.run_write(req);
-        Box::pin(async move { r })
+        // The work runs in the future, on the io runtime — not in the frame that hands it over.
+        let this = self.clone();
+        Box::pin(async move { this.run_write(req) })
     }
 
     fn load(&self, resource: &str) -> Option<BoxFuture<Result<Vec<LoadedRecord>, StandardError>>> {

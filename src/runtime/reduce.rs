@@ -569,6 +569,13 @@ pub(crate) fn reduce_store<T: Record>(
 
     // Entries to persist, through their routes; non-optimistic routes apply on confirmation.
     let mut deferred: HashSet<T::Id> = HashSet::new();
+    // Each write's inverse patches, grouped once (the plan keeps them in op order).
+    let mut inverse_of: HashMap<usize, Vec<Inverse<T>>> = HashMap::new();
+    for inv in &plan.inverse {
+        if op_tickets.get(inv.op).is_some_and(Option::is_some) {
+            inverse_of.entry(inv.op).or_default().push(inv.clone());
+        }
+    }
     for e in &plan.entries {
         let Some(ticket) = op_tickets[e.op] else { continue };
         let Ok((route_name, route)) = routes.resolve(e.meta.route.as_deref(), state.route.as_deref()) else { continue };
@@ -588,7 +595,7 @@ pub(crate) fn reduce_store<T: Record>(
         if !route.policy.optimistic {
             deferred.insert(e.id.clone());
         }
-        let inverse: Vec<Inverse<T>> = plan.inverse.iter().filter(|i| i.op == e.op).cloned().collect();
+        let inverse: Vec<Inverse<T>> = inverse_of.remove(&e.op).unwrap_or_default();
         let flight = Flight {
             ticket,
             id: e.id.clone(),
