@@ -94,7 +94,7 @@ pub struct IndexUse {
 }
 
 /// An index, its driving id-ordered list, and the leaf's other lists.
-type Walkable<'a> = (&'a FieldIndex, &'a [u32], Vec<&'a [u32]>);
+type Walkable<'a> = (&'a FieldIndex, &'a [u32], Vec<&'a [u32]>, bool);
 
 /// A candidate set: slots sorted ascending.
 struct Cands {
@@ -488,7 +488,7 @@ impl<R: Keyed> Table<R> {
                 top_k(&mut matched, end, &cmp);
                 let start = (*offset).min(end);
                 let items: Vec<_> = matched[start..end].iter().filter_map(|s| self.slot(*s)).collect();
-                let mut info = self.page_info(&q.sort, &items, false);
+                let mut info = self.page_info(q, &items, false);
                 info.has_next = Some(end < n);
                 info.total = total.then_some(n as u64);
                 Ok(QueryPage { items, page_info: info })
@@ -504,7 +504,7 @@ impl<R: Keyed> Table<R> {
                 let end = limit.map_or(n, |l| l.min(n));
                 top_k(&mut matched, end, &cmp);
                 let items: Vec<_> = matched[..end].iter().filter_map(|s| self.slot(*s)).collect();
-                let mut info = self.page_info(&q.sort, &items, false);
+                let mut info = self.page_info(q, &items, false);
                 info.has_next = Some(end < n);
                 Ok(QueryPage { items, page_info: info })
             }
@@ -527,7 +527,7 @@ impl<R: Keyed> Table<R> {
                     p
                 };
                 let items: Vec<_> = page.iter().filter_map(|s| self.slot(*s)).collect();
-                let mut info = self.page_info(&q.sort, &items, true);
+                let mut info = self.page_info(q, &items, true);
                 info.has_next = Some(take < n);
                 Ok(QueryPage { items, page_info: info })
             }
@@ -539,7 +539,12 @@ impl<R: Keyed> Table<R> {
         encode_cursor(sort, &keys, &e.record.id().to_string())
     }
 
-    fn page_info(&self, sort: &[SortKey], items: &[&Entry<R>], backward: bool) -> PageInfo {
+    /// Cursor tokens (only cursor pages need them: building one costs a JSON encoding).
+    fn page_info(&self, q: &Compiled, items: &[&Entry<R>], backward: bool) -> PageInfo {
+        if matches!(q.page, PageSpec::Offset { .. }) {
+            return PageInfo::default();
+        }
+        let sort = &q.sort;
         let start = items.first().map(|e| self.token(sort, e));
         let end = items.last().map(|e| self.token(sort, e));
         PageInfo {
@@ -570,7 +575,7 @@ impl<R: Keyed> Table<R> {
         let mut out: Vec<u32> = Vec::with_capacity(need.min(1024));
         let mut visited = 0usize;
         let pred = q.pred.as_ref();
-        let accept = |s: u32, out: &mut Vec<u32>| -> bool {
+        let accept = |s: u32, out: &mut Vec<u32>, check: bool| -> bool {
             let Some(e) = self.slot(s) else { return false };
             if let Some((p, id)) = &pos {
                 let o = cmp_to_pos(&q.sort, &e.record, &p.keys, id);
@@ -578,11 +583,12 @@ impl<R: Keyed> Table<R> {
                     return false;
                 }
             }
-            if pred.is_none_or(|p| p.matches(&e.record)) {
+            if !check || pred.is_none_or(|p| p.matches(&e.record)) {
                 out.push(s);
             }
             out.len() >= need
         };
+        let mut check = pred.is_some();
         let walked: IndexSpec;
         if let Some(first) = q.sort.first() {
             let Some(index) = self.index(&first.path, IndexKind::Ordered) else { return Ok(None) };
@@ -626,7 +632,7 @@ impl<R: Keyed> Table<R> {
                     group.sort_by(cmp_full);
                 }
                 for &s in &group {
-                    if accept(s, &mut out) {
+                    if accept(s, &mut out, check) {
                         break 'walk;
                     }
                 }
@@ -638,8 +644,15 @@ impl<R: Keyed> Table<R> {
             // No sort: id order. Walk the smallest id-ordered list of a top-level conjunct (an
             // equality posting; or, while slot order is id order, a trigram or token list,
             // checking the leaf's other lists by binary search) until the page is full.
-            let Some((index, list, siblings)) = self.id_ordered_posting(pred) else { return Ok(None) };
+            let Some((index, list, siblings, exact)) = self.id_ordered_posting(pred) else { return Ok(None) };
             walked = index.spec.clone();
+            // The walked lists answer an exact leaf exactly: alone, it needs no re-check.
+            let alone = match pred {
+                Some(Pred::And(ps)) => ps.len() == 1,
+                Some(_) => true,
+                None => false,
+            };
+            check = !(exact && alone);
             let in_all = |s: u32| siblings.iter().all(|l| l.binary_search(&s).is_ok());
             let start = match &pos {
                 Some((_, id)) => list.partition_point(|&s| {
@@ -651,14 +664,14 @@ impl<R: Keyed> Table<R> {
             if backward {
                 for &s in list[..start].iter().rev() {
                     visited += 1;
-                    if (in_all(s) && accept(s, &mut out)) || visited > WALK_BUDGET {
+                    if (in_all(s) && accept(s, &mut out, check)) || visited > WALK_BUDGET {
                         break;
                     }
                 }
             } else {
                 for &s in &list[start..] {
                     visited += 1;
-                    if (in_all(s) && accept(s, &mut out)) || visited > WALK_BUDGET {
+                    if (in_all(s) && accept(s, &mut out, check)) || visited > WALK_BUDGET {
                         break;
                     }
                 }
@@ -674,7 +687,7 @@ impl<R: Keyed> Table<R> {
             page.reverse();
         }
         let items: Vec<_> = page.iter().filter_map(|s| self.slot(*s)).collect();
-        let mut info = self.page_info(&q.sort, &items, backward);
+        let mut info = self.page_info(q, &items, backward);
         info.has_next = Some(has_next);
         if let Some(ex) = ex {
             *ex =
@@ -696,16 +709,16 @@ impl<R: Keyed> Table<R> {
         leaves
             .iter()
             .filter_map(|p| {
-                let (index, mut lists) = match p {
+                let (index, mut lists, exact) = match p {
                     Pred::Eq { path, key } if &**path != R::ID_FIELD => {
                         let index = self.index(path, IndexKind::Eq)?;
                         let IndexData::Eq(e) = &index.data else { return None };
-                        (index, vec![e.get(key)])
+                        (index, vec![e.get(key)], true)
                     }
                     Pred::IsNull { path } => {
                         let index = self.index(path, IndexKind::Eq)?;
                         let IndexData::Eq(e) = &index.data else { return None };
-                        (index, vec![e.get(&Key::Null)])
+                        (index, vec![e.get(&Key::Null)], true)
                     }
                     Pred::Contains { path, needle }
                     | Pred::StartsWith { path, needle }
@@ -714,20 +727,20 @@ impl<R: Keyed> Table<R> {
                     {
                         let index = self.index(path, IndexKind::Substring)?;
                         let IndexData::Substring(n) = &index.data else { return None };
-                        (index, n.lists(needle)?)
+                        (index, n.lists(needle)?, false)
                     }
                     Pred::Text { path, tokens, distance: 0 } if self.id_ordered => {
                         let index = self.index(path, IndexKind::Text)?;
                         let IndexData::Text(t) = &index.data else { return None };
-                        (index, t.lists(tokens))
+                        (index, t.lists(tokens), true)
                     }
                     _ => return None,
                 };
                 lists.sort_by_key(|l| l.len());
                 let driving = lists.remove(0);
-                Some((index, driving, lists))
+                Some((index, driving, lists, exact))
             })
-            .min_by_key(|(_, l, _)| l.len())
+            .min_by_key(|(_, l, _, _)| l.len())
     }
 }
 
