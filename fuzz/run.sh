@@ -17,6 +17,9 @@
 # FUZZ_SANITIZER=address opts into ASan anyway: the stable toolchain ships the ASan runtime,
 # and RUSTC_BOOTSTRAP=1 makes stable rustc accept `-Zsanitizer` (an unsupported escape hatch).
 #
+# Known findings can be stepped around with ATOMA_FUZZ_KNOWN=0 (see `known_issues` in
+# fuzz/src/lib.rs; the one found so far, a field holding -0.0, is fixed).
+#
 # Seeds: fuzz/seeds/<target>/*.json (protocol-shaped examples, committed); libFuzzer writes
 # what it finds to fuzz/corpus/<target>/ (git-ignored) and crashes to fuzz/artifacts/<target>/.
 # Reproduce a crash: cargo fuzz run --sanitizer none <target> fuzz/artifacts/<target>/crash-…

@@ -7,16 +7,15 @@ use atoma::core::{Entry, IndexSpec, Keyed, Page, Query, Table};
 use atoma::protocol::{Stored, WireWriteEntry, apply_entry, entry_target};
 use serde_json::{Map, Value, json};
 
-/// Known findings the targets step around by default so that fuzzing can go on past them;
-/// `ATOMA_FUZZ_KNOWN=1` turns them back on (to check a fix).
+/// Known findings the targets can step around so that fuzzing goes on past them.
+/// `ATOMA_FUZZ_KNOWN=0` steps around them; by default they are exercised.
 ///
-/// - **-0.0**: a record field holding `-0.0` is `Key::Int(0)` in the indexes
-///   (`Key::from_f64`) but below `0` for the filter evaluator (`Value::total_cmp` uses
-///   `f64::total_cmp`, which orders `-0.0 < 0`), so `{"op":"gte","field":"level","value":0}`
-///   (and `eq 0`) match the record with an index and miss it by scan.
+/// - **-0.0** (fixed in `core::value`): a field holding `-0.0` was `Key::Int(0)` in the
+///   indexes but below `0` for the filter evaluator, so `eq 0` / `gte 0` matched it with an
+///   index and missed it by scan. Zeros now compare equal everywhere.
 pub fn known_issues() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("ATOMA_FUZZ_KNOWN").is_ok_and(|v| !v.is_empty() && v != "0"))
+    *ON.get_or_init(|| std::env::var("ATOMA_FUZZ_KNOWN").map_or(true, |v| v != "0"))
 }
 
 /// Whether a JSON value holds a `-0.0` anywhere (see [`known_issues`]).

@@ -81,6 +81,8 @@ impl<'a> Value<'a> {
             (Value::Int(a), Value::Int(b)) => a.cmp(b),
             (Value::Int(a), Value::Float(b)) => cmp_int_float(*a, *b),
             (Value::Float(a), Value::Int(b)) => cmp_int_float(*b, *a).reverse(),
+            // -0.0 and 0.0 are one number (index keys normalise both to 0).
+            (Value::Float(a), Value::Float(b)) if a == b => Ordering::Equal,
             (Value::Float(a), Value::Float(b)) => a.total_cmp(b),
             (Value::Str(a), Value::Str(b)) => a.cmp(b),
             (Value::List(a), Value::List(b)) => {
@@ -139,7 +141,8 @@ fn cmp_int_float(i: i64, f: f64) -> Ordering {
     // Compare exactly: within ±2^53 the conversion is lossless.
     const EXACT: i64 = 1 << 53;
     if (-EXACT..=EXACT).contains(&i) {
-        (i as f64).total_cmp(&f)
+        // `partial_cmp`: 0 equals -0.0 (NaN was handled above).
+        (i as f64).partial_cmp(&f).unwrap_or(Ordering::Less)
     } else if f >= 9.3e18 {
         Ordering::Less
     } else if f <= -9.3e18 {
@@ -294,6 +297,14 @@ mod tests {
         assert_eq!(Value::Float(-0.5).total_cmp(&Value::Int(0)), Ordering::Less);
         assert_eq!(Value::Int(i64::MAX).total_cmp(&Value::Float(1e19)), Ordering::Less);
         assert_eq!(Key::from_f64(4.0), Key::Int(4));
+    }
+
+    #[test]
+    fn negative_zero_is_zero() {
+        assert_eq!(Value::Float(-0.0).total_cmp(&Value::Int(0)), Ordering::Equal);
+        assert_eq!(Value::Float(-0.0).total_cmp(&Value::Float(0.0)), Ordering::Equal);
+        assert_eq!(Key::from_f64(-0.0), Key::Int(0));
+        assert!(Value::Float(-0.0).loose_eq(&Key::Int(0).as_value()));
     }
 
     #[test]
