@@ -590,7 +590,7 @@ impl SyncEngine {
             let change = match outcome {
                 // A change the server made after this write: it wins.
                 Outcome::Acked { version: Some(v) } if deferred.as_ref().is_some_and(|d| d.version > *v) => {
-                    let d = deferred.expect("checked");
+                    let Some(d) = deferred else { continue };
                     remote(d.version, d.value)?
                 }
                 Outcome::Acked { version: Some(v) } => match returned.get(seq).filter(|_| !waiting) {
