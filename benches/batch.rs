@@ -19,11 +19,18 @@
 //! figure that other load on the machine does not inflate the way it inflates wall time) and
 //! the ratios against the targets is printed at the end.
 //!
-//! Environment: `ATOMA_BENCH_QUICK=1` shrinks every size for a smoke run; `ATOMA_BENCH_OPS`
-//! sets the op count of (a) (default 10,000); `ATOMA_BENCH_REPS` the summary runs per row
-//! (default 3); `ATOMA_BENCH_ONLY='queries|server: '` runs only the summary rows whose names
-//! contain one of the `|`-separated parts (criterion takes its usual filter argument: `cargo bench --bench batch --
-//! none` skips every criterion group). See docs/benchmarks.md.
+//! One request per op delivers typed results too (`QueryResult` / `WriteResult`), as the engine
+//! does, and both paths check every answer.
+//!
+//! Environment:
+//! - `ATOMA_BENCH_QUICK=1` shrinks every size for a smoke run;
+//! - `ATOMA_BENCH_OPS` sets the op count of (a) (default 10,000);
+//! - `ATOMA_BENCH_REPS` sets the summary runs per row (default 3);
+//! - `ATOMA_BENCH_ONLY='queries|server: '` runs only the summary rows whose names contain one
+//!   of the `|`-separated parts.
+//!
+//! Criterion takes its usual filter argument: `cargo bench --bench batch -- none` matches no
+//! group and prints the summary only. See docs/benchmarks.md.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -34,8 +41,8 @@ use std::time::{Duration, Instant};
 use atoma::core::{Query, WriteAction, field};
 use atoma::io::{BatchConfig, BatchEngine, BoxFuture, HttpTransport, TaskContext, TraceIds, Transport};
 use atoma::protocol::{
-    ItemMeta, Meta, OpBody, OpsRequest, OpsResponse, QueryRequest, RemoteOp, StandardError, WireWriteEntry, WriteItem,
-    WriteRequest, WriteResult,
+    ItemMeta, Meta, OpBody, OpsRequest, OpsResponse, QueryRequest, QueryResult, RemoteOp, StandardError,
+    WireWriteEntry, WriteItem, WriteRequest, WriteResult,
 };
 use atoma_server::{RunningServer, Server, ServerConfig};
 use criterion::{Criterion, SamplingMode, Throughput};
@@ -223,22 +230,27 @@ fn one_op(op: OpBody) -> OpsRequest {
     OpsRequest { meta: Meta::v1(), ops: vec![RemoteOp { op_id: "o0".into(), body: op, meta: None }] }
 }
 
-/// Every op and entry of a response succeeded; returns how many entries were written.
-fn check(resp: &OpsResponse) -> usize {
+/// The data of a one-op response's op, after checking that the request and the op succeeded.
+fn op_data(resp: OpsResponse) -> serde_json::Value {
     assert!(resp.ok, "the request failed: {:?}", resp.error);
-    let mut entries = 0;
-    for r in &resp.data.as_ref().expect("a response with data").results {
-        assert!(r.ok, "op {} failed: {:?}", r.op_id, r.error);
-        if let Some(w) = r.data.as_ref().and_then(|d| serde_json::from_value::<WriteResult>(d.clone()).ok())
-            && !w.results.is_empty()
-        {
-            for e in &w.results {
-                assert!(e.ok, "entry {} failed: {:?}", e.entry_id, e.error);
-            }
-            entries += w.results.len();
-        }
+    let r = resp.data.expect("a response with data").results.into_iter().next().expect("one result");
+    assert!(r.ok, "op {} failed: {:?}", r.op_id, r.error);
+    r.data.expect("a result with data")
+}
+
+/// A one-op query response, typed (as the engine delivers it).
+fn take_query(resp: OpsResponse) -> QueryResult {
+    serde_json::from_value(op_data(resp)).expect("a query result")
+}
+
+/// A one-op write response, typed, after checking that every entry succeeded; the number of
+/// entries written.
+fn take_write(resp: OpsResponse) -> usize {
+    let w: WriteResult = serde_json::from_value(op_data(resp)).expect("a write result");
+    for e in &w.results {
+        assert!(e.ok, "entry {} failed: {:?}", e.entry_id, e.error);
     }
-    entries
+    w.results.len()
 }
 
 /// Seeds `n` records `s0..s<n>` in requests of 1000 entries.
@@ -248,7 +260,7 @@ fn seed(env: &Env, t: &Counting, n: usize) {
             let entries = (start..(start + 1000).min(n)).map(|i| create(format!("e{i}"), format!("s{i}"), i)).collect();
             let req = one_op(OpBody::Write { write: WriteRequest { resource: SEEDED.into(), entries } });
             let resp = t.send(req, None).await.expect("seeding succeeds");
-            check(&resp);
+            take_write(resp);
         }
     });
     t.take_count();
@@ -403,7 +415,7 @@ fn per_op_queries(env: &Env, t: &Counting, n: usize, seeded: usize, in_flight: u
         let send = tt.send(req, None);
         async move {
             let resp = send.await.expect("the request succeeds");
-            check(&resp);
+            assert_eq!(take_query(resp).data.len(), 1, "one record by id");
         }
     });
     Run { took, requests: t.take_count(), cpu: Cpu::default() }
@@ -420,7 +432,7 @@ fn per_op_writes(env: &Env, t: &Counting, n: usize, in_flight: usize) -> Run {
         let send = tt.send(req, None);
         async move {
             let resp = send.await.expect("the request succeeds");
-            assert_eq!(check(&resp), 1, "one entry written");
+            assert_eq!(take_write(resp), 1, "one entry written");
         }
     });
     WRITTEN.fetch_add(n, Ordering::Relaxed);
@@ -442,7 +454,7 @@ fn server_writes(env: &Env, t: &Counting, entries: usize, clients: usize) -> Run
         let send = tt.send(req, None);
         async move {
             let resp = send.await.expect("the request succeeds");
-            assert!(check(&resp) > 0, "entries written");
+            assert!(take_write(resp) > 0, "entries written");
         }
     });
     WRITTEN.fetch_add(entries, Ordering::Relaxed);

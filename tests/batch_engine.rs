@@ -359,3 +359,42 @@ fn dispose_aborts_in_flight_requests_and_fails_their_tasks() {
     let late = e.enqueue_query("players".into(), atoma::Query::all(), untraced("p"));
     assert_eq!(server.rt.block_on(late).expect_err("disposed").code, "DISPOSED");
 }
+
+#[test]
+fn callers_entry_ids_may_repeat_and_large_frames_are_split() {
+    let server = TestServer::open();
+    let probe = Arc::new(Probe::new(&server));
+    let config = BatchConfig { max_request_entries: 2000, ..BatchConfig::default() };
+    let e = engine(&server, probe.clone(), config);
+    // Two callers both name their entry "e0" and land in one op.
+    let a = e.enqueue_write(WriteRequest { resource: "dup".into(), entries: vec![entry(0, "A")] }, untraced("w"));
+    let b = e.enqueue_write(WriteRequest { resource: "dup".into(), entries: vec![entry(0, "B")] }, untraced("w"));
+    // 5,000 entries in one frame: split into requests of at most 2,000.
+    let big = e.enqueue_write(
+        WriteRequest { resource: "big".into(), entries: (0..5000).map(|i| entry(i, &format!("x{i}"))).collect() },
+        untraced("w"),
+    );
+    e.flush();
+    let (a, b, big) = server.rt.block_on(async { (a.await, b.await, big.await) });
+    let (a, b) = (a.expect("a"), b.expect("b"));
+    assert_eq!((a.results[0].entry_id.as_str(), a.results[0].entity_id.as_deref()), ("e0", Some("A")));
+    assert_eq!((b.results[0].entry_id.as_str(), b.results[0].entity_id.as_deref()), ("e0", Some("B")));
+    assert!(big.expect("big").results.iter().all(|r| r.ok));
+    let sizes: Vec<usize> = probe
+        .seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|(req, _)| {
+            req.ops
+                .iter()
+                .map(|o| match &o.body {
+                    atoma::protocol::OpBody::Write { write } => write.entries.len(),
+                    _ => 0,
+                })
+                .sum()
+        })
+        .collect();
+    assert!(sizes.iter().all(|n| *n <= 2000), "{sizes:?}");
+    assert_eq!(sizes.iter().sum::<usize>(), 5002);
+}

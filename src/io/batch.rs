@@ -139,6 +139,8 @@ pub struct BatchConfig {
     pub max_ops_per_request: usize,
     /// Entries per write op.
     pub max_batch_size: usize,
+    /// Write entries per request, all ops together (keeps bodies under the server's limit).
+    pub max_request_entries: usize,
     /// Retries.
     pub retry: RetryPolicy,
 }
@@ -153,6 +155,7 @@ impl Default for BatchConfig {
             write_max_in_flight: 2,
             max_ops_per_request: 200,
             max_batch_size: 1000,
+            max_request_entries: 2000,
             retry: RetryPolicy::default(),
         }
     }
@@ -475,9 +478,11 @@ impl BatchEngine {
             return None;
         }
         let mut ops: Vec<Vec<WriteTask>> = Vec::new();
-        while ops.len() < self.inner.config.max_ops_per_request.max(1) {
+        let mut entries = 0usize;
+        let room = self.inner.config.max_request_entries.max(1);
+        while ops.len() < self.inner.config.max_ops_per_request.max(1) && entries < room {
             let Some(key) = s.bucket_order.pop_front() else { break };
-            let max = self.inner.config.max_batch_size.max(1);
+            let max = self.inner.config.max_batch_size.max(1).min(room - entries);
             let Some(bucket) = s.buckets.get_mut(&key) else { continue };
             let n = bucket.len().min(max);
             let op: Vec<WriteTask> = bucket.drain(..n).collect();
@@ -488,6 +493,7 @@ impl BatchEngine {
                 s.buckets.remove(&key);
             }
             s.writes_queued -= op.len();
+            entries += op.len();
             ops.push(op);
         }
         if ops.is_empty() {
@@ -587,8 +593,11 @@ impl BatchEngine {
             f.await;
             this.lock().tasks.remove(&id);
         });
+        let mut s = self.lock();
+        // A task that finished before its handle was stored would leave it behind: prune.
+        s.tasks.retain(|_, h| !h.is_finished());
         if !handle.is_finished() {
-            self.lock().tasks.insert(id, handle.abort_handle());
+            s.tasks.insert(id, handle.abort_handle());
         }
     }
 
@@ -654,13 +663,25 @@ impl BatchEngine {
                 c.0 += 1;
                 c.1 += op.iter().filter(|t| t.ctx.emitter.as_ref() == Some(e)).count();
             }
-            let entries: Vec<WireWriteEntry> = op.iter().map(|t| t.entry.clone()).collect();
+            // Entry ids are the callers'; several callers' entries can share an op, so the
+            // request numbers them afresh and answers are mapped back by that number.
+            let entries: Vec<WireWriteEntry> = op
+                .iter()
+                .enumerate()
+                .map(|(j, t)| WireWriteEntry { entry_id: format!("{i}.{j}"), ..t.entry.clone() })
+                .collect();
             ops.push(crate::protocol::RemoteOp {
                 op_id: op_id.clone(),
                 body: OpBody::Write { write: WriteRequest { resource, entries } },
                 meta: None,
             });
-            replies.push((op_id, op.into_iter().map(|t| (t.entry.entry_id, t.reply)).collect::<Vec<_>>()));
+            replies.push((
+                op_id,
+                op.into_iter()
+                    .enumerate()
+                    .map(|(j, t)| (format!("{i}.{j}"), t.entry.entry_id, t.reply))
+                    .collect::<Vec<_>>(),
+            ));
         }
         let (req, ids) = self.envelope(ops, &trace);
         let this = self.clone();
@@ -684,15 +705,21 @@ impl BatchEngine {
                 };
                 match op_result {
                     Err(e) => {
-                        for (_, reply) in entries {
+                        for (_, _, reply) in entries {
                             let _ = reply.send(Err(e.clone()));
                         }
                     }
                     Ok(mut by_entry) => {
-                        for (entry_id, reply) in entries {
-                            let r = by_entry.remove(&entry_id).ok_or_else(|| {
-                                StandardError::internal(format!("the response has no result for entry {entry_id}"))
-                            });
+                        for (wire_id, entry_id, reply) in entries {
+                            let r = match by_entry.remove(&wire_id) {
+                                Some(mut r) => {
+                                    r.entry_id = entry_id;
+                                    Ok(r)
+                                }
+                                None => Err(StandardError::internal(format!(
+                                    "the response has no result for entry {entry_id}"
+                                ))),
+                            };
                             let _ = reply.send(r);
                         }
                     }
