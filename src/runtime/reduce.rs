@@ -232,10 +232,8 @@ fn rebase<T: Record>(f: &mut Flight<T>, version: Option<u64>) {
     if f.entry.action == WriteAction::Create || commutative {
         return;
     }
+    // A write sent as a loose upsert (no version was known when it was made) stays loose.
     f.entry.item.base_version = Some(v);
-    if f.entry.action == WriteAction::Upsert && f.entry.options.as_ref().and_then(|o| o.upsert.as_ref()).is_some() {
-        // Sent as a loose upsert only because no version was known; keep it loose.
-    }
 }
 
 /// An update or delete of a record no server has confirmed yet cannot name a base version:
