@@ -1,9 +1,14 @@
-//! Handing the frame's requests to the async side in one go (in `Last`): all of a route's
-//! writes in one `write_many` call (one redb transaction for `local`).
+//! Handing the frame's requests to the async side (in `Last`): all of a route's writes in one
+//! `write_many` call (one redb transaction for `local`).
+//!
+//! The game thread only queues the frame's work. Turning typed writes into wire entries (the
+//! JSON encoding, outbound transforms) happens on the `atoma-flush` thread, which takes the
+//! frames' work in order and calls each executor in that order — so a frame never pays for
+//! encoding, and executors see frames exactly as before.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bevy_ecs::resource::Resource;
 use bevy_ecs::system::{Res, ResMut};
@@ -12,7 +17,7 @@ use crossbeam_channel::Sender;
 use super::messages::Ticket;
 use super::reduce::Inbound;
 use crate::io::{Executor, IoRuntime};
-use crate::protocol::{QueryRequest, WriteRequest};
+use crate::protocol::{QueryRequest, WriteItemResult, WriteRequest, WriteResult};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -28,29 +33,33 @@ pub(crate) enum QueryPurpose {
     Read(Ticket),
 }
 
-type WriteSlot = (WriteRequest, Sender<Inbound>, u64);
+/// Builds a write request off the game thread: the request, and the results of entries that
+/// could not be encoded (they fail without reaching the executor).
+pub(crate) type Encode = Box<dyn FnOnce() -> (WriteRequest, Vec<WriteItemResult>) + Send + Sync>;
+
+type WriteSlot = (Encode, Sender<Inbound>, u64);
 type RouteWrites = (Option<Arc<dyn Executor>>, Vec<WriteSlot>);
 type QuerySlot = (Arc<dyn Executor>, QueryRequest, Sender<Inbound>, QueryPurpose);
 
 /// The frame's requests, sent in `Last`.
 #[derive(Resource, Default)]
 pub(crate) struct Outgoing {
-    writes: HashMap<String, RouteWrites>,
+    writes: Vec<(String, RouteWrites)>,
     queries: Vec<QuerySlot>,
 }
 
 impl Outgoing {
-    pub fn write(
-        &mut self,
-        route: String,
-        exec: Arc<dyn Executor>,
-        req: WriteRequest,
-        reply: Sender<Inbound>,
-        batch: u64,
-    ) {
-        let slot = self.writes.entry(route).or_insert_with(|| (None, Vec::new()));
+    pub fn write(&mut self, route: String, exec: Arc<dyn Executor>, encode: Encode, reply: Sender<Inbound>, batch: u64) {
+        let at = match self.writes.iter().position(|(r, _)| *r == route) {
+            Some(i) => i,
+            None => {
+                self.writes.push((route, (None, Vec::new())));
+                self.writes.len() - 1
+            }
+        };
+        let slot = &mut self.writes[at].1;
         slot.0 = Some(exec);
-        slot.1.push((req, reply, batch));
+        slot.1.push((encode, reply, batch));
     }
 
     pub fn query(&mut self, exec: Arc<dyn Executor>, req: QueryRequest, reply: Sender<Inbound>, purpose: QueryPurpose) {
@@ -67,9 +76,41 @@ pub(crate) fn has_outgoing(out: Res<Outgoing>) -> bool {
     !out.is_empty()
 }
 
-/// The `Flush` system: spawns the frame's requests on the io runtime.
-pub(crate) fn flush(mut out: ResMut<Outgoing>, mut io: ResMut<IoRuntimeRes>) {
-    io.1.retain(|h| !h.is_finished());
+/// One frame's work for the flush thread.
+struct FrameWork {
+    writes: Vec<(String, RouteWrites)>,
+    queries: Vec<QuerySlot>,
+}
+
+enum Job {
+    Frame(FrameWork),
+    /// Hand over the tasks started so far (every earlier frame's executor calls were made).
+    Drain(std::sync::mpsc::Sender<Vec<tokio::task::JoinHandle<()>>>),
+}
+
+/// The `Flush` system: hands the frame's requests to the flush thread.
+pub(crate) fn flush(mut out: ResMut<Outgoing>, io: Res<IoRuntimeRes>) {
+    let work = FrameWork { writes: std::mem::take(&mut out.writes), queries: std::mem::take(&mut out.queries) };
+    if let Err(crossbeam_channel::SendError(Job::Frame(work))) = io.jobs.send(Job::Frame(work)) {
+        // No flush thread (it could not start): run the work here.
+        let mut tasks = Vec::new();
+        run_frame(io.handle.as_ref(), work, &mut tasks);
+    }
+}
+
+/// Encodes a frame's writes, calls the executors in order, and starts the tasks that wait for
+/// their answers.
+fn run_frame(
+    rt: Option<&tokio::runtime::Handle>,
+    work: FrameWork,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) {
+    tasks.retain(|h| !h.is_finished());
+    let mut spawn = |f: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>| {
+        if let Some(rt) = rt {
+            tasks.push(rt.spawn(f));
+        }
+    };
     // Every executor that got work this frame hears `end_frame` once, after all of it.
     let mut touched: Vec<Arc<dyn Executor>> = Vec::new();
     let mut touch = |e: &Arc<dyn Executor>| {
@@ -77,61 +118,96 @@ pub(crate) fn flush(mut out: ResMut<Outgoing>, mut io: ResMut<IoRuntimeRes>) {
             touched.push(e.clone());
         }
     };
-    for (_route, (exec, slots)) in out.writes.drain() {
+    for (_route, (exec, slots)) in work.writes {
         let Some(exec) = exec else { continue };
         touch(&exec);
-        let (reqs, replies): (Vec<WriteRequest>, Vec<(Sender<Inbound>, u64)>) =
-            slots.into_iter().map(|(req, tx, batch)| (req, (tx, batch))).unzip();
+        let mut reqs = Vec::with_capacity(slots.len());
+        let mut replies = Vec::with_capacity(slots.len());
+        for (encode, tx, batch) in slots {
+            let (req, failed) = encode();
+            if req.entries.is_empty() {
+                // Nothing could be encoded: answer at once.
+                let _ = tx.send(Inbound::Written {
+                    batch,
+                    result: Ok(WriteResult { transaction_applied: None, results: failed }),
+                });
+                continue;
+            }
+            reqs.push(req);
+            replies.push((tx, batch, failed));
+        }
+        if reqs.is_empty() {
+            continue;
+        }
         let fut = exec.write_many(reqs);
-        let h = io.0.spawn(async move {
-            let results = fut.await;
-            let mut results = results.into_iter();
-            for (tx, batch) in replies {
+        spawn(Box::pin(async move {
+            let mut results = fut.await.into_iter();
+            for (tx, batch, failed) in replies {
                 let result = results.next().unwrap_or_else(|| {
                     Err(crate::protocol::StandardError::internal("the executor returned fewer results than requests"))
                 });
+                let result = result.map(|mut r| {
+                    r.results.extend(failed);
+                    r
+                });
                 let _ = tx.send(Inbound::Written { batch, result });
             }
-        });
-        io.track(h);
+        }));
     }
-    for (exec, req, tx, purpose) in out.queries.drain(..) {
+    for (exec, req, tx, purpose) in work.queries {
         touch(&exec);
         let fut = exec.query(req);
-        let h = io.0.spawn(async move {
+        spawn(Box::pin(async move {
             let result = fut.await;
             let msg = match purpose {
                 QueryPurpose::Fetch(fetch) => Inbound::Fetched { fetch, result },
                 QueryPurpose::Read(ticket) => Inbound::Read { ticket, result },
             };
             let _ = tx.send(msg);
-        });
-        io.track(h);
+        }));
     }
     for e in touched {
         e.end_frame();
     }
 }
 
-/// The plugin's io runtime as a resource, with the requests it is running.
+/// The plugin's io runtime as a resource, with the flush thread that feeds it.
 #[derive(Resource)]
-pub struct IoRuntimeRes(pub IoRuntime, pub(crate) Vec<tokio::task::JoinHandle<()>>);
+pub struct IoRuntimeRes {
+    /// The runtime.
+    pub io: IoRuntime,
+    handle: Option<tokio::runtime::Handle>,
+    jobs: Sender<Job>,
+}
 
 impl IoRuntimeRes {
     pub(crate) fn new(io: IoRuntime) -> Self {
-        Self(io, Vec::new())
-    }
-
-    fn track(&mut self, h: Option<tokio::task::JoinHandle<()>>) {
-        if let Some(h) = h {
-            self.1.push(h);
-        }
+        let handle = io.handle();
+        let (jobs, rx) = crossbeam_channel::unbounded::<Job>();
+        let rt = handle.clone();
+        // Without the thread, `flush` runs the work itself (the receiver is dropped, sends fail).
+        let _ = std::thread::Builder::new().name("atoma-flush".into()).spawn(move || {
+            let mut tasks = Vec::new();
+            for job in rx {
+                match job {
+                    Job::Frame(work) => run_frame(rt.as_ref(), work, &mut tasks),
+                    Job::Drain(reply) => {
+                        let _ = reply.send(std::mem::take(&mut tasks));
+                    }
+                }
+            }
+        });
+        Self { io, handle, jobs }
     }
 
     /// Waits (up to `timeout`) for the requests handed over so far, then stops the runtime.
-    pub(crate) fn finish(&mut self, timeout: std::time::Duration) {
-        let pending = std::mem::take(&mut self.1);
-        let _ = self.0.block_on(async move {
+    pub(crate) fn finish(&mut self, timeout: Duration) {
+        let (reply, handles) = std::sync::mpsc::channel();
+        let pending = match self.jobs.send(Job::Drain(reply)) {
+            Ok(()) => handles.recv_timeout(timeout).unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+        let _ = self.io.block_on(async move {
             let _ = tokio::time::timeout(timeout, async {
                 for h in pending {
                     let _ = h.await;
@@ -139,6 +215,6 @@ impl IoRuntimeRes {
             })
             .await;
         });
-        self.0.shutdown(std::time::Duration::from_millis(500));
+        self.io.shutdown(Duration::from_millis(500));
     }
 }

@@ -307,7 +307,7 @@ impl AtomaAppExt for App {
         if let (Some(route), Some(io)) = (route, world.get_resource::<IoRuntimeRes>())
             && let Some(fut) = route.query.load(T::STORE)
         {
-            match io.0.block_on(fut) {
+            match io.io.block_on(fut) {
                 Some(Ok(records)) => {
                     let mut bad = 0usize;
                     let mut first_bad = None;

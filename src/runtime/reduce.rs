@@ -20,7 +20,7 @@ use super::reads::PendingRead;
 use super::route::Routes;
 use super::store::Store;
 use crate::core::{
-    Entry, Filter, Inverse, Op, OpMeta, Origin, Query, Record, Versions, WriteAction, WriteEntry, WriteError, reduce,
+    Entry, Filter, Inverse, Op, OpMeta, Origin, Query, Record, Versions, WriteAction, WriteEntry, reduce,
 };
 use crate::io::SyncChange;
 use crate::protocol::{
@@ -41,15 +41,19 @@ pub(crate) enum Inbound {
     Synced { changes: Vec<SyncChange> },
 }
 
-/// A write sent to an executor and not yet answered.
+/// A write sent to an executor (or held behind an earlier write of its record) and not yet
+/// answered.
 struct Flight<T: Record> {
     ticket: Ticket,
     id: T::Id,
     route: String,
     optimistic: bool,
+    /// No server version was known when it was made: an update goes as a loose upsert.
+    loose: bool,
     inverse: Vec<Inverse<T>>,
-    entry: WireWriteEntry,
-    value: Option<T>,
+    /// The write. Its value moves to the encoder when it is sent (a route that is not
+    /// optimistic keeps a copy: it is applied on confirmation).
+    write: WriteEntry<T>,
 }
 
 /// A store's bookkeeping (not public: game systems see `Store<T>` and messages).
@@ -182,11 +186,10 @@ fn to_wire<T: Record>(
     transforms: &Transforms<T>,
 ) -> Result<WireWriteEntry, String> {
     let out = |r: &T| -> Result<Json, String> {
-        let r = match &transforms.outbound {
-            Some(t) => t(r.clone())?,
-            None => r.clone(),
-        };
-        to_map(&r).map(Json::Object)
+        match &transforms.outbound {
+            Some(t) => to_map(&t(r.clone())?).map(Json::Object),
+            None => to_map(r).map(Json::Object),
+        }
     };
     let meta = ItemMeta { idempotency_key: e.meta.idempotency_key.clone(), client_time_ms: e.meta.client_time_ms };
     let mut options = None;
@@ -226,20 +229,20 @@ fn to_wire<T: Record>(
 /// record was confirmed, so the version moved on).
 fn rebase<T: Record>(f: &mut Flight<T>, version: Option<u64>) {
     let Some(v) = version.filter(|v| *v > 0) else { return };
-    let commutative = f.entry.action == WriteAction::Patch
-        && f.entry.item.base_version.is_none()
-        && f.entry.item.ops.as_ref().is_some_and(|ops| ops.iter().all(|o| o.is_commutative()));
-    if f.entry.action == WriteAction::Create || commutative {
+    let w = &f.write;
+    let commutative =
+        w.action == WriteAction::Patch && w.base_version.is_none() && w.patch.iter().all(|o| o.is_commutative());
+    if w.action == WriteAction::Create || commutative {
         return;
     }
     // A write sent as a loose upsert (no version was known when it was made) stays loose.
-    f.entry.item.base_version = Some(v);
+    f.write.base_version = Some(v);
 }
 
-/// An update or delete of a record no server has confirmed yet cannot name a base version:
-/// send it as a loose upsert (or, for a delete, as a delete based on what is known).
+/// An update of a record no server has confirmed yet cannot name a base version: it goes as
+/// a loose upsert.
 fn fit_unconfirmed(entry: &mut WireWriteEntry) {
-    if entry.item.base_version.is_none() && matches!(entry.action, WriteAction::Update) {
+    if matches!(entry.action, WriteAction::Update) {
         // Keep `merge` (a merge update sends only its fields) and `returning`.
         let (merge, returning) = entry.options.as_ref().map_or((None, None), |o| (o.merge, o.returning));
         entry.action = WriteAction::Upsert;
@@ -249,6 +252,41 @@ fn fit_unconfirmed(entry: &mut WireWriteEntry) {
             returning,
         });
     }
+}
+
+/// A sent write, as the encoder gets it.
+struct ToEncode<T: Record> {
+    ticket: Ticket,
+    loose: bool,
+    write: WriteEntry<T>,
+}
+
+/// Encodes a store's writes for the wire (on the flush thread): the request, and a failed
+/// result for each write that could not be encoded.
+fn encode<T: Record>(
+    resource: &'static str,
+    writes: Vec<ToEncode<T>>,
+    transforms: &Transforms<T>,
+) -> (WriteRequest, Vec<crate::protocol::WriteItemResult>) {
+    let mut entries = Vec::with_capacity(writes.len());
+    let mut failed = Vec::new();
+    for w in writes {
+        let entry_id = w.ticket.0.to_string();
+        match to_wire(&w.write, entry_id.clone(), transforms) {
+            Ok(mut wire) => {
+                if w.loose {
+                    fit_unconfirmed(&mut wire);
+                }
+                entries.push(wire);
+            }
+            Err(msg) => failed.push(crate::protocol::WriteItemResult::err(
+                entry_id,
+                StandardError::invalid_write(msg),
+                None,
+            )),
+        }
+    }
+    (WriteRequest { resource: resource.into(), entries }, failed)
 }
 
 /// The reduce system of store `T`. See the module docs.
@@ -282,17 +320,15 @@ pub(crate) fn reduce_store<T: Record>(
         match msg {
             Inbound::Written { batch, result } => {
                 let Some(flights) = state.in_flight.remove(&batch) else { continue };
-                let mut results: HashMap<String, crate::protocol::WriteItemResult> = match result {
-                    Ok(r) => r.results.into_iter().map(|r| (r.entry_id.clone(), r)).collect(),
+                let mut results: HashMap<u64, crate::protocol::WriteItemResult> = match result {
+                    Ok(r) => r.results.into_iter().filter_map(|r| Some((r.entry_id.parse::<u64>().ok()?, r))).collect(),
                     Err(e) => {
                         // The whole request failed: every entry is rolled back.
                         flights
                             .iter()
                             .map(|f| {
-                                (
-                                    f.entry.entry_id.clone(),
-                                    crate::protocol::WriteItemResult::err(f.entry.entry_id.clone(), e.clone(), None),
-                                )
+                                let entry_id = f.ticket.0.to_string();
+                                (f.ticket.0, crate::protocol::WriteItemResult::err(entry_id, e.clone(), None))
                             })
                             .collect()
                     }
@@ -302,9 +338,9 @@ pub(crate) fn reduce_store<T: Record>(
                         *n = n.saturating_sub(1);
                     }
                     releases.push(f.id.clone());
-                    let r = results.remove(&f.entry.entry_id).unwrap_or_else(|| {
+                    let r = results.remove(&f.ticket.0).unwrap_or_else(|| {
                         crate::protocol::WriteItemResult::err(
-                            f.entry.entry_id.clone(),
+                            f.ticket.0.to_string(),
                             StandardError::internal("the executor's response has no result for this entry"),
                             None,
                         )
@@ -537,7 +573,8 @@ pub(crate) fn reduce_store<T: Record>(
         }
     };
     let has_validators = !validators.is_empty() || outbound.is_some();
-    let op_meta: Vec<OpMeta> = ops.iter().map(|(_, m)| m.clone()).collect();
+    let op_meta: Vec<OpMeta> =
+        if state.history_enabled { ops.iter().map(|(_, m)| m.clone()).collect() } else { Vec::new() };
     let op_ids: Vec<Option<T::Id>> = ops
         .iter()
         .map(|(op, _)| match op {
@@ -565,59 +602,53 @@ pub(crate) fn reduce_store<T: Record>(
         }
     }
 
+    let segments: Vec<usize> = plan.segments.iter().map(|s| s.ops.len()).collect();
+    if state.history_enabled {
+        history.record(&plan, &op_meta, &ok_ops);
+    }
+    let crate::core::Plan { changes, inverse, entries, .. } = plan;
+
     // Entries to persist, through their routes; non-optimistic routes apply on confirmation.
     let mut deferred: HashSet<T::Id> = HashSet::new();
     // Each write's inverse patches, grouped once (the plan keeps them in op order).
     let mut inverse_of: HashMap<usize, Vec<Inverse<T>>> = HashMap::new();
-    for inv in &plan.inverse {
+    for inv in inverse {
         if op_tickets.get(inv.op).is_some_and(Option::is_some) {
-            inverse_of.entry(inv.op).or_default().push(inv.clone());
+            inverse_of.entry(inv.op).or_default().push(inv);
         }
     }
-    for e in &plan.entries {
+    for e in entries {
         let Some(ticket) = op_tickets[e.op] else { continue };
         let Ok((route_name, route)) = routes.resolve(e.meta.route.as_deref(), state.route.as_deref()) else { continue };
-        let entry_id = format!("{}", ticket.0);
-        let mut wire = match to_wire(e, entry_id, &state.transforms) {
-            Ok(w) => w,
-            Err(msg) => {
-                settle_now.push(WriteSettled {
-                    ticket,
-                    id: Some(e.id.clone()),
-                    result: Err(WriteFailure::Rejected(WriteError::Invalid(msg))),
-                });
-                continue;
-            }
-        };
-        fit_unconfirmed(&mut wire);
         if !route.policy.optimistic {
             deferred.insert(e.id.clone());
         }
         let inverse: Vec<Inverse<T>> = inverse_of.remove(&e.op).unwrap_or_default();
+        let id = e.id.clone();
         let flight = Flight {
             ticket,
-            id: e.id.clone(),
+            id: id.clone(),
             route: route_name.to_owned(),
             optimistic: route.policy.optimistic,
+            loose: e.base_version.is_none() && e.action == WriteAction::Update,
             inverse,
-            entry: wire,
-            value: e.value.clone(),
+            write: e,
         };
-        let busy = state.busy.get(&e.id).copied().unwrap_or(0) > 0 || state.held.contains_key(&e.id);
+        let busy = state.busy.get(&id).copied().unwrap_or(0) > 0 || state.held.contains_key(&id);
         if busy {
-            state.held.entry(e.id.clone()).or_default().push_back(flight);
+            state.held.entry(id).or_default().push_back(flight);
         } else {
-            *state.busy.entry(e.id.clone()).or_default() += 1;
+            *state.busy.entry(id).or_default() += 1;
             to_send.push(flight);
         }
     }
     send(state, &routes, &mut outgoing, to_send);
 
-    let changes: Vec<_> = plan.changes.iter().filter(|(id, _)| !deferred.contains(id)).cloned().collect();
-    let segments: Vec<usize> = plan.segments.iter().map(|s| s.ops.len()).collect();
-    if state.history_enabled {
-        history.record(&plan, &op_meta, &ok_ops);
-    }
+    let changes: Vec<_> = if deferred.is_empty() {
+        changes
+    } else {
+        changes.into_iter().filter(|(id, _)| !deferred.contains(id)).collect()
+    };
     let changed: Vec<T::Id> = changes.iter().map(|(id, _)| id.clone()).collect();
     if !changes.is_empty() {
         let store = &mut *store;
@@ -661,18 +692,46 @@ fn publish_reads<T: Record>(
     }
 }
 
-/// Hands flights to their routes' executors (in `Last`, through `Outgoing`).
+/// Hands flights to their routes' executors (in `Last`, through `Outgoing`); they are encoded
+/// for the wire off the game thread.
 fn send<T: Record>(state: &mut StoreState<T>, routes: &Routes, outgoing: &mut Outgoing, flights: Vec<Flight<T>>) {
-    let mut by_route: HashMap<String, Vec<Flight<T>>> = HashMap::new();
+    let mut by_route: Vec<(String, Vec<Flight<T>>)> = Vec::new();
     for f in flights {
-        by_route.entry(f.route.clone()).or_default().push(f);
+        match by_route.iter_mut().find(|(r, _)| *r == f.route) {
+            Some((_, v)) => v.push(f),
+            None => by_route.push((f.route.clone(), vec![f])),
+        }
     }
-    for (route_name, flights) in by_route {
+    for (route_name, mut flights) in by_route {
         let Some(route) = routes.get(&route_name) else { continue };
         let batch = super::flush::next_id();
-        let req =
-            WriteRequest { resource: state.name.into(), entries: flights.iter().map(|f| f.entry.clone()).collect() };
-        outgoing.write(route_name, route.write.clone(), req, state.tx.clone(), batch);
+        let writes: Vec<ToEncode<T>> = flights
+            .iter_mut()
+            .map(|f| {
+                // An optimistic write's value is in the store already: the flight needs no copy.
+                let value = if f.optimistic { f.write.value.take() } else { f.write.value.clone() };
+                let w = &f.write;
+                ToEncode {
+                    ticket: f.ticket,
+                    loose: f.loose,
+                    write: WriteEntry {
+                        op: w.op,
+                        action: w.action,
+                        id: w.id.clone(),
+                        base_version: w.base_version,
+                        value,
+                        merge: w.merge.clone(),
+                        patch: w.patch.clone(),
+                        upsert_mode: w.upsert_mode,
+                        meta: w.meta.clone(),
+                    },
+                }
+            })
+            .collect();
+        let transforms = state.transforms.clone();
+        let resource = state.name;
+        let encode: super::flush::Encode = Box::new(move || encode(resource, writes, &transforms));
+        outgoing.write(route_name, route.write.clone(), encode, state.tx.clone(), batch);
         state.in_flight.insert(batch, flights);
     }
 }
@@ -700,7 +759,7 @@ fn settle_flight<T: Record>(
         // The writeback carries the write's key: history matches it to the action.
         let ack_meta = || OpMeta {
             origin: Origin::Sync,
-            idempotency_key: f.entry.item.meta.idempotency_key.clone(),
+            idempotency_key: f.write.meta.idempotency_key.clone(),
             ..OpMeta::default()
         };
         let record = r
@@ -710,8 +769,8 @@ fn settle_flight<T: Record>(
                 Json::Object(m) => from_json::<T>(m, state.transforms.writeback.as_ref()).ok(),
                 _ => None,
             })
-            .or_else(|| if f.optimistic { None } else { f.value.clone() });
-        match (r.version, f.entry.action) {
+            .or_else(|| if f.optimistic { None } else { f.write.value.clone() });
+        match (r.version, f.write.action) {
             (_, WriteAction::Delete) => {
                 if !f.optimistic {
                     ops.push((Op::Remote { id: f.id.clone(), version: u64::MAX, record: None }, sync_meta()));

@@ -60,7 +60,7 @@ pub(crate) fn start_barriers(mut link: ResMut<SyncLink>, io: Res<IoRuntimeRes>) 
         return;
     }
     let ids = std::mem::take(&mut link.barriers);
-    if let Some(h) = io.0.handle() {
+    if let Some(h) = io.io.handle() {
         for id in ids {
             link.engine.start_barrier(id, &h);
         }
@@ -78,7 +78,7 @@ pub(crate) fn receive_sync(
 ) {
     let link = &mut *link;
     if !link.started {
-        if let Some(h) = io.0.handle() {
+        if let Some(h) = io.io.handle() {
             link.engine.start(&h);
         }
         link.started = true;
