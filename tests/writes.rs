@@ -121,7 +121,7 @@ fn update_many_over_missing_ids_is_one_commit_not_n_plus_one() {
 fn a_route_that_forbids_implicit_fetch_fails_the_write_clearly() {
     let remote = Remote::default();
     seed_remote(&remote.0, &[player(1, "ann", 3)]);
-    let mut app = remote_app(remote, RoutePolicy { optimistic: true, implicit_fetch: false });
+    let mut app = remote_app(remote, RoutePolicy { optimistic: true, implicit_fetch: false, stores_as_sent: false });
     app.world_mut()
         .run_system_cached(|mut w: Writer<Player>| {
             w.update(1, |p| p.level += 1);

@@ -14,7 +14,7 @@ mod text;
 
 pub(crate) use eq::EqIndex;
 pub(crate) use ngram::NgramIndex;
-pub(crate) use ordered::OrderedIndex;
+pub(crate) use ordered::{OrderedBatch, OrderedIndex};
 pub(crate) use text::TextIndex;
 
 /// The kinds of index a field can have.
@@ -105,6 +105,48 @@ impl FieldIndex {
             IndexData::Text(i) => i.remove(slot, v),
             IndexData::Substring(i) => i.remove(slot, v),
         }
+    }
+
+    /// [`insert`](Self::insert), queued in `batch` when this is an ordered index and a batch
+    /// is given.
+    pub fn insert_in<R: Fields>(
+        &mut self,
+        slot: u32,
+        r: &R,
+        by_id: &impl Fn(u32, u32) -> Ordering,
+        batch: Option<&mut OrderedBatch>,
+    ) {
+        match (&mut self.data, batch) {
+            (IndexData::Ordered(i), Some(b)) => i.defer_insert(slot, r.path(&self.spec.field), b),
+            _ => self.insert(slot, r, by_id),
+        }
+    }
+
+    /// [`remove`](Self::remove), queued in `batch` when this is an ordered index and a batch
+    /// is given.
+    pub fn remove_in<R: Fields>(
+        &mut self,
+        slot: u32,
+        r: &R,
+        by_id: &impl Fn(u32, u32) -> Ordering,
+        batch: Option<&mut OrderedBatch>,
+    ) {
+        match (&mut self.data, batch) {
+            (IndexData::Ordered(i), Some(b)) => i.defer_remove(slot, r.path(&self.spec.field), b),
+            _ => self.remove(slot, r, by_id),
+        }
+    }
+
+    /// Applies what was queued in `batch`.
+    pub fn apply_batch(&mut self, batch: &mut OrderedBatch) {
+        if let IndexData::Ordered(i) = &mut self.data {
+            i.apply_batch(batch);
+        }
+    }
+
+    /// Whether this index takes queued entries.
+    pub fn batches(&self) -> bool {
+        matches!(self.data, IndexData::Ordered(_))
     }
 
     /// Whether the indexed field differs between two versions of a record.

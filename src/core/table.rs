@@ -8,7 +8,41 @@ use std::cmp::Ordering;
 use std::collections::HashMap;
 
 use crate::core::fields::Keyed;
-use crate::core::index::{FieldIndex, IndexSpec};
+use crate::core::index::{FieldIndex, IndexSpec, OrderedBatch};
+
+/// Commits of at least this many changes queue their ordered-index entries.
+const BATCH_MIN: usize = 64;
+
+/// A set of slots (a bit per slot), cleared by what was set.
+#[derive(Default)]
+struct Touched {
+    bits: Vec<u64>,
+    set: Vec<u32>,
+}
+
+impl Touched {
+    /// Adds a slot; `false` if it was there.
+    fn insert(&mut self, s: u32) -> bool {
+        let (w, m) = ((s / 64) as usize, 1u64 << (s % 64));
+        if w >= self.bits.len() {
+            self.bits.resize(w + 1, 0);
+        }
+        if self.bits[w] & m != 0 {
+            return false;
+        }
+        self.bits[w] |= m;
+        self.set.push(s);
+        true
+    }
+
+    fn clear(&mut self) {
+        for s in self.set.drain(..) {
+            if let Some(w) = self.bits.get_mut((s / 64) as usize) {
+                *w = 0;
+            }
+        }
+    }
+}
 
 /// A stored record and its server version (0: never confirmed by a server).
 #[derive(Clone, Debug, PartialEq)]
@@ -143,52 +177,89 @@ impl<R: Keyed> Table<R> {
     /// Applies a commit: each change sets (or with `None` deletes) one record; each index is
     /// updated once per changed record, and only where its field changed.
     ///
+    /// A large commit queues its ordered-index entries and applies them sorted by key, which
+    /// keeps the B-tree walks in cache.
+    ///
     /// Returns how many records changed.
     pub fn apply(&mut self, changes: impl IntoIterator<Item = Change<R>>) -> usize {
+        let changes = changes.into_iter();
+        let batched = changes.size_hint().0 >= BATCH_MIN && self.indexes.iter().any(FieldIndex::batches);
+        let mut batch: Vec<Option<OrderedBatch>> =
+            self.indexes.iter().map(|i| (batched && i.batches()).then(OrderedBatch::default)).collect();
+        // Slots changed since the queued entries were applied: a slot changed twice in one
+        // commit (a repeated id, or a freed slot taken again) applies the queue first, so that
+        // no queued removal overtakes an insertion of the same entry.
+        let mut touched = Touched::default();
         let mut n = 0;
         for (id, next) in changes {
             n += 1;
-            match (self.by_id.get(&id).copied(), next) {
-                (Some(slot), Some(next)) => self.replace(slot, next),
-                (Some(slot), None) => self.delete(slot, &id),
-                (None, Some(next)) => self.insert(id, next),
+            let slot = self.by_id.get(&id).copied();
+            if batched {
+                let s = slot.or_else(|| self.free.last().copied()).unwrap_or(self.slots.len() as u32);
+                if !touched.insert(s) {
+                    self.flush_batch(&mut batch);
+                    touched.clear();
+                    touched.insert(s);
+                }
+            }
+            match (slot, next) {
+                (Some(slot), Some(next)) => self.replace(slot, next, &mut batch),
+                (Some(slot), None) => self.delete(slot, &id, &mut batch),
+                (None, Some(next)) => self.insert(id, next, &mut batch),
                 (None, None) => n -= 1,
             }
         }
+        self.flush_batch(&mut batch);
         n
     }
 
-    fn replace(&mut self, slot: u32, next: Entry<R>) {
+    fn flush_batch(&mut self, batch: &mut [Option<OrderedBatch>]) {
+        for (index, b) in self.indexes.iter_mut().zip(batch.iter_mut()) {
+            if let Some(b) = b
+                && !b.is_empty()
+            {
+                index.apply_batch(b);
+            }
+        }
+    }
+
+    fn replace(&mut self, slot: u32, next: Entry<R>, batch: &mut [Option<OrderedBatch>]) {
         let Some(old) = self.slots[slot as usize].take() else { return };
         let changed: Vec<bool> = self.indexes.iter().map(|i| i.changed(&old.record, &next.record)).collect();
+        if !changed.contains(&true) {
+            // Only the version or unindexed fields changed.
+            self.slots[slot as usize] = Some(next);
+            return;
+        }
         // Remove with the old record in place (id-ordered postings compare against it).
         self.slots[slot as usize] = Some(old);
         {
             let slots = &self.slots;
             let by_id = |a, b| cmp_slot_ids(slots, a, b);
-            for (index, _) in self.indexes.iter_mut().zip(&changed).filter(|(_, c)| **c) {
+            for ((index, _), b) in self.indexes.iter_mut().zip(&changed).zip(batch.iter_mut()).filter(|((_, c), _)| **c)
+            {
                 if let Some(e) = &slots[slot as usize] {
-                    index.remove(slot, &e.record, &by_id);
+                    index.remove_in(slot, &e.record, &by_id, b.as_mut());
                 }
             }
         }
         self.slots[slot as usize] = Some(next);
         let slots = &self.slots;
         let by_id = |a, b| cmp_slot_ids(slots, a, b);
-        for (index, _) in self.indexes.iter_mut().zip(&changed).filter(|(_, c)| **c) {
+        for ((index, _), b) in self.indexes.iter_mut().zip(&changed).zip(batch.iter_mut()).filter(|((_, c), _)| **c) {
             if let Some(e) = &slots[slot as usize] {
-                index.insert(slot, &e.record, &by_id);
+                index.insert_in(slot, &e.record, &by_id, b.as_mut());
             }
         }
     }
 
-    fn delete(&mut self, slot: u32, id: &R::Id) {
+    fn delete(&mut self, slot: u32, id: &R::Id, batch: &mut [Option<OrderedBatch>]) {
         {
             let slots = &self.slots;
             let by_id = |a, b| cmp_slot_ids(slots, a, b);
             if let Some(e) = &slots[slot as usize] {
-                for index in &mut self.indexes {
-                    index.remove(slot, &e.record, &by_id);
+                for (index, b) in self.indexes.iter_mut().zip(batch.iter_mut()) {
+                    index.remove_in(slot, &e.record, &by_id, b.as_mut());
                 }
             }
         }
@@ -197,7 +268,7 @@ impl<R: Keyed> Table<R> {
         self.free.push(slot);
     }
 
-    fn insert(&mut self, id: R::Id, next: Entry<R>) {
+    fn insert(&mut self, id: R::Id, next: Entry<R>, batch: &mut [Option<OrderedBatch>]) {
         if self.id_ordered {
             // Appending a larger id keeps slot order equal to id order; anything else ends it.
             if !self.free.is_empty() || self.last_id.as_ref().is_some_and(|last| *last >= id) {
@@ -221,8 +292,8 @@ impl<R: Keyed> Table<R> {
         let slots = &self.slots;
         let by_id = |a, b| cmp_slot_ids(slots, a, b);
         if let Some(e) = &slots[slot as usize] {
-            for index in &mut self.indexes {
-                index.insert(slot, &e.record, &by_id);
+            for (index, b) in self.indexes.iter_mut().zip(batch.iter_mut()) {
+                index.insert_in(slot, &e.record, &by_id, b.as_mut());
             }
         }
     }

@@ -49,7 +49,14 @@ pub(crate) struct Outgoing {
 }
 
 impl Outgoing {
-    pub fn write(&mut self, route: String, exec: Arc<dyn Executor>, encode: Encode, reply: Sender<Inbound>, batch: u64) {
+    pub fn write(
+        &mut self,
+        route: String,
+        exec: Arc<dyn Executor>,
+        encode: Encode,
+        reply: Sender<Inbound>,
+        batch: u64,
+    ) {
         let at = match self.writes.iter().position(|(r, _)| *r == route) {
             Some(i) => i,
             None => {
@@ -100,11 +107,7 @@ pub(crate) fn flush(mut out: ResMut<Outgoing>, io: Res<IoRuntimeRes>) {
 
 /// Encodes a frame's writes, calls the executors in order, and starts the tasks that wait for
 /// their answers.
-fn run_frame(
-    rt: Option<&tokio::runtime::Handle>,
-    work: FrameWork,
-    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
-) {
+fn run_frame(rt: Option<&tokio::runtime::Handle>, work: FrameWork, tasks: &mut Vec<tokio::task::JoinHandle<()>>) {
     tasks.retain(|h| !h.is_finished());
     let mut spawn = |f: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>| {
         if let Some(rt) = rt {

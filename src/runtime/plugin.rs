@@ -191,7 +191,7 @@ impl Plugin for AtomaPlugin {
             IoRuntime::disabled()
         });
         let mut routes = Routes::default();
-        routes.insert("memory", Route::new(MemoryExecutor::new()));
+        routes.insert("memory", Route::new(MemoryExecutor::new()).with_policy(RoutePolicy::default().stores_as_sent()));
         if !self.in_memory {
             let local = match &self.local {
                 Some(l) => Ok(l.clone()),
@@ -204,7 +204,8 @@ impl Plugin for AtomaPlugin {
                         match SyncEngine::new(l.clone(), config.clone(), tx) {
                             Ok(engine) => {
                                 // An outbox forbids fetching a missing record for a write.
-                                let policy = RoutePolicy { optimistic: true, implicit_fetch: false };
+                                let policy =
+                                    RoutePolicy { optimistic: true, implicit_fetch: false, stores_as_sent: true };
                                 routes.insert("sync", Route::new(engine.clone()).with_policy(policy));
                                 app.insert_resource(SyncLink {
                                     engine,
@@ -224,14 +225,18 @@ impl Plugin for AtomaPlugin {
                             Err(e) => status.errors.push(format!("sync: {e}")),
                         }
                     }
-                    routes.insert("local", Route::new(l))
+                    routes.insert("local", Route::new(l).with_policy(RoutePolicy::default().stores_as_sent()))
                 }
                 Err(e) => {
                     status.errors.push(e.to_string());
                     let broken = Broken(StandardError::adapter("DATA_FILE", e.to_string()));
                     routes.insert(
                         "local",
-                        Route::new(broken).with_policy(RoutePolicy { optimistic: false, implicit_fetch: false }),
+                        Route::new(broken).with_policy(RoutePolicy {
+                            optimistic: false,
+                            implicit_fetch: false,
+                            stores_as_sent: false,
+                        }),
                     );
                 }
             }

@@ -184,6 +184,7 @@ fn to_wire<T: Record>(
     e: &WriteEntry<T>,
     entry_id: String,
     transforms: &Transforms<T>,
+    returning: bool,
 ) -> Result<WireWriteEntry, String> {
     let out = |r: &T| -> Result<Json, String> {
         match &transforms.outbound {
@@ -213,8 +214,8 @@ fn to_wire<T: Record>(
         WriteAction::Patch => (WriteAction::Patch, None, Some(e.patch.clone())),
     };
     // Ask for the stored record back: fields the server sets (owner, defaults) are written
-    // back into the store with the ack.
-    if action != WriteAction::Delete {
+    // back into the store with the ack (not needed when the executor stores what it is sent).
+    if returning && action != WriteAction::Delete {
         options.get_or_insert_with(WriteOptions::default).returning = Some(true);
     }
     Ok(WireWriteEntry {
@@ -267,23 +268,23 @@ fn encode<T: Record>(
     resource: &'static str,
     writes: Vec<ToEncode<T>>,
     transforms: &Transforms<T>,
+    stores_as_sent: bool,
 ) -> (WriteRequest, Vec<crate::protocol::WriteItemResult>) {
+    let returning = !stores_as_sent || transforms.writeback.is_some();
     let mut entries = Vec::with_capacity(writes.len());
     let mut failed = Vec::new();
     for w in writes {
         let entry_id = w.ticket.0.to_string();
-        match to_wire(&w.write, entry_id.clone(), transforms) {
+        match to_wire(&w.write, entry_id.clone(), transforms, returning) {
             Ok(mut wire) => {
                 if w.loose {
                     fit_unconfirmed(&mut wire);
                 }
                 entries.push(wire);
             }
-            Err(msg) => failed.push(crate::protocol::WriteItemResult::err(
-                entry_id,
-                StandardError::invalid_write(msg),
-                None,
-            )),
+            Err(msg) => {
+                failed.push(crate::protocol::WriteItemResult::err(entry_id, StandardError::invalid_write(msg), None))
+            }
         }
     }
     (WriteRequest { resource: resource.into(), entries }, failed)
@@ -730,7 +731,8 @@ fn send<T: Record>(state: &mut StoreState<T>, routes: &Routes, outgoing: &mut Ou
             .collect();
         let transforms = state.transforms.clone();
         let resource = state.name;
-        let encode: super::flush::Encode = Box::new(move || encode(resource, writes, &transforms));
+        let as_sent = route.policy.stores_as_sent;
+        let encode: super::flush::Encode = Box::new(move || encode(resource, writes, &transforms, as_sent));
         outgoing.write(route_name, route.write.clone(), encode, state.tx.clone(), batch);
         state.in_flight.insert(batch, flights);
     }

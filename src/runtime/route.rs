@@ -15,11 +15,23 @@ pub struct RoutePolicy {
     pub optimistic: bool,
     /// A write to a record missing from the store may fetch it first (one commit for both).
     pub implicit_fetch: bool,
+    /// The executor stores each record exactly as it was sent (the built-in `memory`, `local`
+    /// and `sync` executors): an ack needs only the new version, not the stored copy (unless
+    /// the store has a writeback transform, which reshapes the copy).
+    pub stores_as_sent: bool,
 }
 
 impl Default for RoutePolicy {
     fn default() -> Self {
-        Self { optimistic: true, implicit_fetch: true }
+        Self { optimistic: true, implicit_fetch: true, stores_as_sent: false }
+    }
+}
+
+impl RoutePolicy {
+    /// The policy of an executor that stores records exactly as they are sent.
+    pub fn stores_as_sent(mut self) -> Self {
+        self.stores_as_sent = true;
+        self
     }
 }
 

@@ -63,12 +63,24 @@ pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
+/// A fresh idempotency key: this process's nonce and the ticket (`{nonce:016x}-{ticket:x}`).
+fn fresh_key(ticket: Ticket) -> String {
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    let prefix = PREFIX.get_or_init(|| format!("{:016x}-", process_nonce()));
+    let mut key = String::with_capacity(prefix.len() + 16);
+    key.push_str(prefix);
+    let t = ticket.0;
+    let digits = (64 - t.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..digits).rev() {
+        let d = ((t >> (i * 4)) & 0xf) as u8;
+        key.push(char::from(if d < 10 { b'0' + d } else { b'a' + d - 10 }));
+    }
+    key
+}
+
 pub(crate) fn meta(ticket: Ticket, opts: &WriteOptions, origin: Origin) -> OpMeta {
     OpMeta {
-        idempotency_key: opts
-            .idempotency_key
-            .clone()
-            .unwrap_or_else(|| format!("{:016x}-{:x}", process_nonce(), ticket.0)),
+        idempotency_key: opts.idempotency_key.clone().unwrap_or_else(|| fresh_key(ticket)),
         client_time_ms: now_ms(),
         origin,
         action_id: opts.action_id.clone(),
@@ -230,5 +242,17 @@ impl<W> WriterWith<'_, W> {
     {
         let base_version = self.opts.base_version;
         self.go(Op::Patch { id, base_version, ops })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_keys_are_the_nonce_and_the_ticket_in_hex() {
+        for t in [0u64, 1, 9, 10, 15, 16, 255, 0xdead_beef, u64::MAX] {
+            assert_eq!(fresh_key(Ticket(t)), format!("{:016x}-{:x}", process_nonce(), t));
+        }
     }
 }

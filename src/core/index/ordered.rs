@@ -6,6 +6,19 @@ use std::ops::Bound;
 use super::each_scalar;
 use crate::core::value::{Key, Value};
 
+/// Entries queued for an ordered index during a large commit.
+#[derive(Debug, Default)]
+pub(crate) struct OrderedBatch {
+    remove: Vec<(Key, u32)>,
+    insert: Vec<(Key, u32)>,
+}
+
+impl OrderedBatch {
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.insert.is_empty()
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct OrderedIndex {
     set: BTreeSet<(Key, u32)>,
@@ -51,6 +64,37 @@ impl OrderedIndex {
         Self::each(v, |k| {
             self.set.remove(&(k, slot));
         });
+    }
+
+    /// Like [`insert`](Self::insert), with the entries queued in `batch` (see
+    /// [`apply_batch`](Self::apply_batch)).
+    pub fn defer_insert(&mut self, slot: u32, v: Option<Value<'_>>, batch: &mut OrderedBatch) {
+        if !is_regular(v) {
+            self.irregular += 1;
+        }
+        Self::each(v, |k| batch.insert.push((k, slot)));
+    }
+
+    /// Like [`remove`](Self::remove), with the entries queued in `batch`.
+    pub fn defer_remove(&mut self, slot: u32, v: Option<Value<'_>>, batch: &mut OrderedBatch) {
+        if !is_regular(v) {
+            self.irregular = self.irregular.saturating_sub(1);
+        }
+        Self::each(v, |k| batch.remove.push((k, slot)));
+    }
+
+    /// Applies queued entries: removals, then insertions, each in key order (neighbouring
+    /// keys share B-tree nodes, which stay in cache). A batch must not remove an entry it
+    /// inserts.
+    pub fn apply_batch(&mut self, batch: &mut OrderedBatch) {
+        batch.remove.sort_unstable();
+        for e in batch.remove.drain(..) {
+            self.set.remove(&e);
+        }
+        batch.insert.sort_unstable();
+        for e in batch.insert.drain(..) {
+            self.set.insert(e);
+        }
     }
 
     /// Whether walking the index gives every record once, in sort order of this field.
