@@ -321,25 +321,35 @@ pub(crate) fn reduce_store<T: Record>(
         match msg {
             Inbound::Written { batch, result } => {
                 let Some(flights) = state.in_flight.remove(&batch) else { continue };
-                let mut results: HashMap<u64, crate::protocol::WriteItemResult> = match result {
-                    Ok(r) => r.results.into_iter().filter_map(|r| Some((r.entry_id.parse::<u64>().ok()?, r))).collect(),
-                    Err(e) => {
-                        // The whole request failed: every entry is rolled back.
-                        flights
-                            .iter()
-                            .map(|f| {
-                                let entry_id = f.ticket.0.to_string();
-                                (f.ticket.0, crate::protocol::WriteItemResult::err(entry_id, e.clone(), None))
-                            })
-                            .collect()
-                    }
-                };
-                for f in flights {
+                // Results come in entry order; a result out of place is found by its entry id.
+                let mut results: Result<Vec<Option<crate::protocol::WriteItemResult>>, StandardError> =
+                    result.map(|r| r.results.into_iter().map(Some).collect());
+                let mut by_entry: Option<HashMap<u64, usize>> = None;
+                for (i, f) in flights.into_iter().enumerate() {
                     if let Some(n) = state.busy.get_mut(&f.id) {
                         *n = n.saturating_sub(1);
+                        if *n == 0 {
+                            state.busy.remove(&f.id);
+                        }
                     }
                     releases.push(f.id.clone());
-                    let r = results.remove(&f.ticket.0).unwrap_or_else(|| {
+                    let found = match &mut results {
+                        // The whole request failed: every entry is rolled back.
+                        Err(e) => Some(crate::protocol::WriteItemResult::err(f.ticket.0.to_string(), e.clone(), None)),
+                        Ok(list) => {
+                            let of = |r: &crate::protocol::WriteItemResult| r.entry_id.parse::<u64>().ok();
+                            let at = if list.get(i).and_then(Option::as_ref).and_then(of) == Some(f.ticket.0) {
+                                Some(i)
+                            } else {
+                                let map = by_entry.get_or_insert_with(|| {
+                                    list.iter().enumerate().filter_map(|(j, r)| Some((of(r.as_ref()?)?, j))).collect()
+                                });
+                                map.get(&f.ticket.0).copied()
+                            };
+                            at.and_then(|j| list.get_mut(j)?.take())
+                        }
+                    };
+                    let r = found.unwrap_or_else(|| {
                         crate::protocol::WriteItemResult::err(
                             f.ticket.0.to_string(),
                             StandardError::internal("the executor's response has no result for this entry"),
@@ -481,7 +491,7 @@ pub(crate) fn reduce_store<T: Record>(
             _ => None,
         };
         let route = match routes.resolve(intent.meta.route.as_deref(), state.route.as_deref()) {
-            Ok((n, r)) => (n.to_owned(), r.clone()),
+            Ok(r) => r,
             Err(asked) => {
                 settle_now.push(WriteSettled {
                     ticket: intent.ticket,
@@ -502,12 +512,12 @@ pub(crate) fn reduce_store<T: Record>(
                     settle_now.push(WriteSettled {
                         ticket: intent.ticket,
                         id: Some(id.clone()),
-                        result: Err(WriteFailure::CacheMiss { store: name, id, route: route.0 }),
+                        result: Err(WriteFailure::CacheMiss { store: name, id, route: route.0.to_owned() }),
                     });
                     continue;
                 }
                 let (fetch, ids) =
-                    fetch_now.entry(route.0.clone()).or_insert_with(|| (super::flush::next_id(), Vec::new()));
+                    fetch_now.entry(route.0.to_owned()).or_insert_with(|| (super::flush::next_id(), Vec::new()));
                 ids.push(id.to_string());
                 state.parked_ids.insert(id, *fetch);
                 state.parked.entry(*fetch).or_default().push(intent);
@@ -574,8 +584,31 @@ pub(crate) fn reduce_store<T: Record>(
         }
     };
     let has_validators = !validators.is_empty() || outbound.is_some();
-    let op_meta: Vec<OpMeta> =
-        if state.history_enabled { ops.iter().map(|(_, m)| m.clone()).collect() } else { Vec::new() };
+    // History matches an executor's copy to its write by idempotency key; a route that stores
+    // what it is sent returns no copy, so its writes need no key there.
+    let copies_back = |m: &OpMeta| {
+        state.transforms.writeback.is_some()
+            || routes
+                .resolve(m.route.as_deref(), state.route.as_deref())
+                .map_or(true, |(_, r)| !r.policy.stores_as_sent)
+    };
+    let op_meta: Vec<OpMeta> = if state.history_enabled {
+        ops.iter()
+            .map(|(_, m)| OpMeta {
+                idempotency_key: if m.origin == Origin::Sync || copies_back(m) {
+                    m.idempotency_key.clone()
+                } else {
+                    String::new()
+                },
+                client_time_ms: m.client_time_ms,
+                origin: m.origin,
+                action_id: m.action_id.clone(),
+                route: None,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let op_ids: Vec<Option<T::Id>> = ops
         .iter()
         .map(|(op, _)| match op {
