@@ -21,5 +21,5 @@ pub use reducer::{
     WriteAction, WriteEntry, WriteError, reduce,
 };
 pub use relation::{Include, Included, Relation, RelationKind, include};
-pub use table::{Change, Entry, Table};
+pub use table::{Change, Entry, IdMap, IdSet, Table};
 pub use value::{Key, Value};

@@ -5,7 +5,6 @@
 //! [`Table::apply`] once — one commit, one index update — however many operations the frame
 //! held.
 
-use std::collections::HashMap;
 use std::ops::Range;
 
 use serde::Serialize;
@@ -14,7 +13,7 @@ use serde_json::{Map, Value as Json};
 
 use crate::core::fields::Keyed;
 use crate::core::patch::{PatchOp, apply_patch};
-use crate::core::table::{Change, Entry, Table};
+use crate::core::table::{Change, Entry, IdMap, Table};
 
 /// Where a write came from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
@@ -301,7 +300,7 @@ pub fn reduce<R>(
 where
     R: Keyed + Serialize + DeserializeOwned,
 {
-    let mut r = Reducer { table, overlay: HashMap::new(), order: Vec::new(), versions, validate };
+    let mut r = Reducer { table, overlay: IdMap::default(), order: Vec::new(), versions, validate };
     let mut plan = Plan {
         changes: Vec::new(),
         results: Vec::new(),
@@ -331,7 +330,7 @@ where
 
 struct Reducer<'a, R: Keyed> {
     table: &'a Table<R>,
-    overlay: HashMap<R::Id, Option<Entry<R>>>,
+    overlay: IdMap<R::Id, Option<Entry<R>>>,
     order: Vec<R::Id>,
     versions: Versions,
     validate: Option<Validate<'a, R>>,

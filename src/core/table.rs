@@ -10,6 +10,11 @@ use std::collections::HashMap;
 use crate::core::fields::Keyed;
 use crate::core::index::{FieldIndex, IndexSpec, OrderedBatch};
 
+/// A map keyed by record ids (foldhash: ids are hashed on every write).
+pub type IdMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+/// A set of record ids.
+pub type IdSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+
 /// Commits of at least this many changes queue their ordered-index entries.
 const BATCH_MIN: usize = 64;
 
@@ -66,7 +71,7 @@ pub type Change<R> = (<R as Keyed>::Id, Option<Entry<R>>);
 /// The records of a store, indexed.
 pub struct Table<R: Keyed> {
     pub(crate) slots: Vec<Option<Entry<R>>>,
-    pub(crate) by_id: HashMap<R::Id, u32>,
+    pub(crate) by_id: IdMap<R::Id, u32>,
     free: Vec<u32>,
     pub(crate) indexes: Vec<FieldIndex>,
     /// The largest id ever inserted, while `id_ordered` holds.
@@ -80,7 +85,7 @@ impl<R: Keyed> Default for Table<R> {
     fn default() -> Self {
         Self {
             slots: Vec::new(),
-            by_id: HashMap::new(),
+            by_id: IdMap::default(),
             free: Vec::new(),
             indexes: Vec::new(),
             last_id: None,
@@ -225,8 +230,15 @@ impl<R: Keyed> Table<R> {
 
     fn replace(&mut self, slot: u32, next: Entry<R>, batch: &mut [Option<OrderedBatch>]) {
         let Some(old) = self.slots[slot as usize].take() else { return };
-        let changed: Vec<bool> = self.indexes.iter().map(|i| i.changed(&old.record, &next.record)).collect();
-        if !changed.contains(&true) {
+        // Which indexes see a change (an index past the 64th is always updated).
+        let mut changed = 0u64;
+        for (k, i) in self.indexes.iter().enumerate() {
+            if k >= 64 || i.changed(&old.record, &next.record) {
+                changed |= 1u64 << k.min(63);
+            }
+        }
+        let is_changed = |k: usize| k >= 63 || changed & (1u64 << k) != 0;
+        if changed == 0 {
             // Only the version or unindexed fields changed.
             self.slots[slot as usize] = Some(next);
             return;
@@ -236,9 +248,10 @@ impl<R: Keyed> Table<R> {
         {
             let slots = &self.slots;
             let by_id = |a, b| cmp_slot_ids(slots, a, b);
-            for ((index, _), b) in self.indexes.iter_mut().zip(&changed).zip(batch.iter_mut()).filter(|((_, c), _)| **c)
-            {
-                if let Some(e) = &slots[slot as usize] {
+            for (k, (index, b)) in self.indexes.iter_mut().zip(batch.iter_mut()).enumerate() {
+                if is_changed(k)
+                    && let Some(e) = &slots[slot as usize]
+                {
                     index.remove_in(slot, &e.record, &by_id, b.as_mut());
                 }
             }
@@ -246,8 +259,10 @@ impl<R: Keyed> Table<R> {
         self.slots[slot as usize] = Some(next);
         let slots = &self.slots;
         let by_id = |a, b| cmp_slot_ids(slots, a, b);
-        for ((index, _), b) in self.indexes.iter_mut().zip(&changed).zip(batch.iter_mut()).filter(|((_, c), _)| **c) {
-            if let Some(e) = &slots[slot as usize] {
+        for (k, (index, b)) in self.indexes.iter_mut().zip(batch.iter_mut()).enumerate() {
+            if is_changed(k)
+                && let Some(e) = &slots[slot as usize]
+            {
                 index.insert_in(slot, &e.record, &by_id, b.as_mut());
             }
         }

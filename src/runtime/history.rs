@@ -11,7 +11,7 @@ use bevy_ecs::world::DeferredWorld;
 use super::messages::{Ticket, WriteIntent};
 use super::store::Store;
 use super::writer::{WriteOptions, meta};
-use crate::core::{Entry, Op, OpMeta, Origin, Plan, Record, UpsertMode};
+use crate::core::{Entry, IdMap, Op, OpMeta, Origin, Plan, Record, UpsertMode};
 
 /// One record an action touched: its state before the action, and its record after it.
 pub(crate) struct Touch<T: Record> {
@@ -27,7 +27,7 @@ pub(crate) struct Action<T: Record> {
     /// Named by the game (`WriteOptions::action`), not a per-frame group.
     pub named: bool,
     pub touched: Vec<Touch<T>>,
-    at: HashMap<T::Id, usize>,
+    at: IdMap<T::Id, usize>,
     /// Idempotency keys of its writes not confirmed yet (an executor's copy written back with
     /// the same key moves `after`).
     keys: HashSet<String>,
@@ -35,7 +35,7 @@ pub(crate) struct Action<T: Record> {
 
 impl<T: Record> Action<T> {
     fn new(id: String, named: bool) -> Self {
-        Self { id, named, touched: Vec::new(), at: HashMap::new(), keys: HashSet::new() }
+        Self { id, named, touched: Vec::new(), at: IdMap::default(), keys: HashSet::new() }
     }
 
     /// Adds a record: a record already held keeps its earlier `before` and takes the newer
@@ -394,7 +394,7 @@ impl<T: Record> History<'_, '_, T> {
 /// `plan.inverse`: the state before the next operation on the same record, else the commit's
 /// final state.
 fn after_states<T: Record>(plan: &Plan<T>) -> Vec<Option<&T>> {
-    let mut next: HashMap<&T::Id, Option<&T>> =
+    let mut next: IdMap<&T::Id, Option<&T>> =
         plan.changes.iter().map(|(id, e)| (id, e.as_ref().map(|e| &e.record))).collect();
     let mut out: Vec<Option<&T>> = plan
         .inverse

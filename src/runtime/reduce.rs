@@ -20,7 +20,7 @@ use super::reads::PendingRead;
 use super::route::Routes;
 use super::store::Store;
 use crate::core::{
-    Entry, Filter, Inverse, Op, OpMeta, Origin, Query, Record, Versions, WriteAction, WriteEntry, reduce,
+    Entry, Filter, IdMap, IdSet, Inverse, Op, OpMeta, Origin, Query, Record, Versions, WriteAction, WriteEntry, reduce,
 };
 use crate::io::SyncChange;
 use crate::protocol::{
@@ -70,13 +70,13 @@ pub(crate) struct StoreState<T: Record> {
     /// Writes waiting for a fetch of their record, by fetch.
     parked: HashMap<u64, Vec<WriteIntent<T>>>,
     /// Which fetch each missing id waits on.
-    parked_ids: HashMap<T::Id, u64>,
+    parked_ids: IdMap<T::Id, u64>,
     /// Sent writes, by batch.
     in_flight: HashMap<u64, Vec<Flight<T>>>,
     /// Writes held back until an earlier write of the same record is answered.
-    held: HashMap<T::Id, VecDeque<Flight<T>>>,
+    held: IdMap<T::Id, VecDeque<Flight<T>>>,
     /// How many writes of each record are in flight.
-    busy: HashMap<T::Id, usize>,
+    busy: IdMap<T::Id, usize>,
     /// Remote reads waiting for their results.
     pub reads: HashMap<Ticket, PendingRead>,
     /// Ids changed by the last commit.
@@ -103,10 +103,10 @@ impl<T: Record> StoreState<T> {
             tx,
             rx,
             parked: HashMap::new(),
-            parked_ids: HashMap::new(),
+            parked_ids: IdMap::default(),
             in_flight: HashMap::new(),
-            held: HashMap::new(),
-            busy: HashMap::new(),
+            held: IdMap::default(),
+            busy: IdMap::default(),
             reads: HashMap::new(),
             changed: Vec::new(),
             mirror_dirty: Vec::new(),
@@ -478,7 +478,7 @@ pub(crate) fn reduce_store<T: Record>(
 
     // 2. The frame's intents. A write to a missing record parks until its fetch returns.
     let mut fetch_now: HashMap<String, (u64, Vec<String>)> = HashMap::new();
-    let mut created: HashSet<T::Id> = HashSet::new();
+    let mut created: IdSet<T::Id> = IdSet::default();
     let drained: Vec<WriteIntent<T>> = intents.drain().collect();
     metrics.entry(name).intents += drained.len() as u64;
     for intent in drained {
@@ -643,9 +643,9 @@ pub(crate) fn reduce_store<T: Record>(
     let crate::core::Plan { changes, inverse, entries, .. } = plan;
 
     // Entries to persist, through their routes; non-optimistic routes apply on confirmation.
-    let mut deferred: HashSet<T::Id> = HashSet::new();
+    let mut deferred: IdSet<T::Id> = IdSet::default();
     // Each write's inverse patches, grouped once (the plan keeps them in op order).
-    let mut inverse_of: HashMap<usize, Vec<Inverse<T>>> = HashMap::new();
+    let mut inverse_of: IdMap<usize, Vec<Inverse<T>>> = IdMap::default();
     for inv in inverse {
         if op_tickets.get(inv.op).is_some_and(Option::is_some) {
             inverse_of.entry(inv.op).or_default().push(inv);
