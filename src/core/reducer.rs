@@ -300,12 +300,19 @@ pub fn reduce<R>(
 where
     R: Keyed + Serialize + DeserializeOwned,
 {
-    let mut r = Reducer { table, overlay: IdMap::default(), order: Vec::new(), versions, validate };
+    let n = ops.len();
+    let mut r = Reducer {
+        table,
+        overlay: IdMap::with_capacity_and_hasher(n, Default::default()),
+        order: Vec::with_capacity(n),
+        versions,
+        validate,
+    };
     let mut plan = Plan {
         changes: Vec::new(),
-        results: Vec::new(),
-        inverse: Vec::new(),
-        entries: Vec::new(),
+        results: Vec::with_capacity(n),
+        inverse: Vec::with_capacity(n),
+        entries: Vec::with_capacity(n),
         segments: Vec::new(),
     };
     for (i, (op, meta)) in ops.into_iter().enumerate() {

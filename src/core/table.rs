@@ -189,8 +189,9 @@ impl<R: Keyed> Table<R> {
     pub fn apply(&mut self, changes: impl IntoIterator<Item = Change<R>>) -> usize {
         let changes = changes.into_iter();
         let batched = changes.size_hint().0 >= BATCH_MIN && self.indexes.iter().any(FieldIndex::batches);
+        let hint = changes.size_hint().0;
         let mut batch: Vec<Option<OrderedBatch>> =
-            self.indexes.iter().map(|i| (batched && i.batches()).then(OrderedBatch::default)).collect();
+            self.indexes.iter().map(|i| (batched && i.batches()).then(|| OrderedBatch::with_capacity(hint))).collect();
         // Slots changed since the queued entries were applied: a slot changed twice in one
         // commit (a repeated id, or a freed slot taken again) applies the queue first, so that
         // no queued removal overtakes an insertion of the same entry.

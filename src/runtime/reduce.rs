@@ -480,6 +480,8 @@ pub(crate) fn reduce_store<T: Record>(
     let mut fetch_now: HashMap<String, (u64, Vec<String>)> = HashMap::new();
     let mut created: IdSet<T::Id> = IdSet::default();
     let drained: Vec<WriteIntent<T>> = intents.drain().collect();
+    ops.reserve(drained.len());
+    op_tickets.reserve(drained.len());
     metrics.entry(name).intents += drained.len() as u64;
     for intent in drained {
         let target = match &intent.op {
@@ -544,7 +546,7 @@ pub(crate) fn reduce_store<T: Record>(
     }
 
     // Release writes held behind an answered write of the same record.
-    let mut to_send: Vec<Flight<T>> = Vec::new();
+    let mut to_send: Vec<Flight<T>> = Vec::with_capacity(ops.len());
     for id in releases {
         if state.busy.get(&id).copied().unwrap_or(0) == 0
             && let Some(q) = state.held.get_mut(&id)
@@ -644,20 +646,20 @@ pub(crate) fn reduce_store<T: Record>(
 
     // Entries to persist, through their routes; non-optimistic routes apply on confirmation.
     let mut deferred: IdSet<T::Id> = IdSet::default();
-    // Each write's inverse patches, grouped once (the plan keeps them in op order).
-    let mut inverse_of: IdMap<usize, Vec<Inverse<T>>> = IdMap::default();
-    for inv in inverse {
-        if op_tickets.get(inv.op).is_some_and(Option::is_some) {
-            inverse_of.entry(inv.op).or_default().push(inv);
-        }
-    }
+    // Each write's inverse patches (the plan keeps both lists in op order).
+    let mut inverse = inverse.into_iter().peekable();
     for e in entries {
+        let mut inverse_of: Vec<Inverse<T>> = Vec::with_capacity(1);
+        while let Some(inv) = inverse.next_if(|i| i.op <= e.op) {
+            if inv.op == e.op {
+                inverse_of.push(inv);
+            }
+        }
         let Some(ticket) = op_tickets[e.op] else { continue };
         let Ok((route_name, route)) = routes.resolve(e.meta.route.as_deref(), state.route.as_deref()) else { continue };
         if !route.policy.optimistic {
             deferred.insert(e.id.clone());
         }
-        let inverse: Vec<Inverse<T>> = inverse_of.remove(&e.op).unwrap_or_default();
         let id = e.id.clone();
         let flight = Flight {
             ticket,
@@ -665,7 +667,7 @@ pub(crate) fn reduce_store<T: Record>(
             route: route_name.to_owned(),
             optimistic: route.policy.optimistic,
             loose: e.base_version.is_none() && e.action == WriteAction::Update,
-            inverse,
+            inverse: inverse_of,
             write: e,
         };
         let busy = state.busy.get(&id).copied().unwrap_or(0) > 0 || state.held.contains_key(&id);

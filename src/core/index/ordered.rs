@@ -14,6 +14,10 @@ pub(crate) struct OrderedBatch {
 }
 
 impl OrderedBatch {
+    pub fn with_capacity(n: usize) -> Self {
+        Self { remove: Vec::with_capacity(n), insert: Vec::with_capacity(n) }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.remove.is_empty() && self.insert.is_empty()
     }
