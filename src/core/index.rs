@@ -7,6 +7,7 @@ use std::cmp::Ordering;
 use crate::core::fields::Fields;
 use crate::core::value::{Key, Value};
 
+mod chunked;
 mod eq;
 mod ngram;
 mod ordered;
