@@ -128,34 +128,29 @@ impl<T: Ord> ChunkedSet<T> {
 
     /// The first position whose entry is not below `lo`.
     fn start(&self, lo: Bound<&T>) -> Pos {
-        let (ci, inside): (usize, Box<dyn Fn(&T) -> bool + '_>) = match lo {
+        let (x, strict) = match lo {
             Bound::Unbounded => return (0, 0),
-            Bound::Included(x) => {
-                (self.chunks.partition_point(|c| c.last().is_some_and(|l| l < x)), Box::new(move |e: &T| e < x))
-            }
-            Bound::Excluded(x) => {
-                (self.chunks.partition_point(|c| c.last().is_some_and(|l| l <= x)), Box::new(move |e: &T| e <= x))
-            }
+            Bound::Included(x) => (x, false),
+            Bound::Excluded(x) => (x, true),
         };
-        match self.chunks.get(ci) {
-            Some(c) => (ci, c.partition_point(|e| inside(e))),
-            None => (self.chunks.len(), 0),
-        }
+        self.first_where_not(|e| if strict { e <= x } else { e < x })
     }
 
     /// The first position whose entry is above `hi`.
     fn end(&self, hi: Bound<&T>) -> Pos {
-        let (ci, inside): (usize, Box<dyn Fn(&T) -> bool + '_>) = match hi {
+        let (x, inclusive) = match hi {
             Bound::Unbounded => return (self.chunks.len(), 0),
-            Bound::Included(x) => {
-                (self.chunks.partition_point(|c| c.last().is_some_and(|l| l <= x)), Box::new(move |e: &T| e <= x))
-            }
-            Bound::Excluded(x) => {
-                (self.chunks.partition_point(|c| c.last().is_some_and(|l| l < x)), Box::new(move |e: &T| e < x))
-            }
+            Bound::Included(x) => (x, true),
+            Bound::Excluded(x) => (x, false),
         };
+        self.first_where_not(|e| if inclusive { e <= x } else { e < x })
+    }
+
+    /// The first position whose entry fails `before` (which holds for a prefix of the set).
+    fn first_where_not(&self, before: impl Fn(&T) -> bool) -> Pos {
+        let ci = self.chunks.partition_point(|c| c.last().is_some_and(&before));
         match self.chunks.get(ci) {
-            Some(c) => (ci, c.partition_point(|e| inside(e))),
+            Some(c) => (ci, c.partition_point(&before)),
             None => (self.chunks.len(), 0),
         }
     }
