@@ -219,6 +219,24 @@ impl<R: Keyed> Table<R> {
         n
     }
 
+    /// Moves records to newer versions (acks that change nothing else: no index is touched).
+    /// A version at or below the record's is ignored, as is a missing record. Adds the ids
+    /// that moved to `moved`; returns how many.
+    pub fn set_versions(&mut self, versions: Vec<(R::Id, u64)>, moved: &mut Vec<R::Id>) -> usize {
+        let mut n = 0;
+        for (id, version) in versions {
+            let Some(&slot) = self.by_id.get(&id) else { continue };
+            if let Some(Some(e)) = self.slots.get_mut(slot as usize)
+                && version > e.version
+            {
+                e.version = version;
+                moved.push(id);
+                n += 1;
+            }
+        }
+        n
+    }
+
     fn flush_batch(&mut self, batch: &mut [Option<OrderedBatch>]) {
         for (index, b) in self.indexes.iter_mut().zip(batch.iter_mut()) {
             if let Some(b) = b

@@ -113,6 +113,11 @@ impl<T: Record> HistoryLog<T> {
         !self.redo.is_empty()
     }
 
+    /// Whether some recorded write still waits for its executor's copy (by idempotency key).
+    pub(crate) fn awaits_copies(&self) -> bool {
+        self.undo.iter().chain(&self.redo).any(|a| !a.keys.is_empty())
+    }
+
     /// Forgets every action (undo and redo).
     pub fn clear(&mut self) {
         self.undo.clear();

@@ -325,6 +325,9 @@ pub(crate) fn reduce_store<T: Record>(
                 let mut results: Result<Vec<Option<crate::protocol::WriteItemResult>>, StandardError> =
                     result.map(|r| r.results.into_iter().map(Some).collect());
                 let mut by_entry: Option<HashMap<u64, usize>> = None;
+                ops.reserve(flights.len());
+                op_tickets.reserve(flights.len());
+                settle_now.reserve(flights.len());
                 for (i, f) in flights.into_iter().enumerate() {
                     if let Some(n) = state.busy.get_mut(&f.id) {
                         *n = n.saturating_sub(1);
@@ -566,7 +569,16 @@ pub(crate) fn reduce_store<T: Record>(
         }
     }
 
-    if ops.is_empty() && to_send.is_empty() {
+    // Acks that only move a version, of records nothing else in this frame touches, skip the
+    // reducer (no copy of the record, no inverse): they are applied with the commit.
+    // (Not while history waits for an executor's copy under some write's key.)
+    let version_only = if state.history_enabled && history.awaits_copies() {
+        Vec::new()
+    } else {
+        take_version_only(&mut ops, &mut op_tickets)
+    };
+
+    if ops.is_empty() && to_send.is_empty() && version_only.is_empty() {
         emit(&mut settled, settle_now);
         let mut local = std::mem::take(&mut state.local_reads);
         publish_reads(&mut read_done, reads_done, &mut local);
@@ -685,8 +697,9 @@ pub(crate) fn reduce_store<T: Record>(
     } else {
         changes.into_iter().filter(|(id, _)| !deferred.contains(id)).collect()
     };
-    let changed: Vec<T::Id> = changes.iter().map(|(id, _)| id.clone()).collect();
-    if !changes.is_empty() {
+    let mut changed: Vec<T::Id> = changes.iter().map(|(id, _)| id.clone()).collect();
+    let bumped = store.bypass_change_detection().table.set_versions(version_only, &mut changed);
+    if !changes.is_empty() || bumped > 0 {
         let store = &mut *store;
         store.table.apply(changes);
         store.revision += 1;
@@ -705,6 +718,47 @@ pub(crate) fn reduce_store<T: Record>(
     let mut local = std::mem::take(&mut state.local_reads);
     publish_reads(&mut read_done, reads_done, &mut local);
     metrics.entry(name).in_flight = state.in_flight_count();
+}
+
+/// Takes out of `ops` the writebacks that carry no record, of records no other op touches.
+fn take_version_only<T: Record>(
+    ops: &mut Vec<(Op<T>, OpMeta)>,
+    tickets: &mut Vec<Option<Ticket>>,
+) -> Vec<(T::Id, u64)> {
+    if !ops.iter().any(|(op, _)| matches!(op, Op::Writeback { record: None, .. })) {
+        return Vec::new();
+    }
+    let mut uses: IdMap<T::Id, u32> = IdMap::default();
+    for (op, _) in ops.iter() {
+        let mut count = |id: &T::Id| *uses.entry(id.clone()).or_default() += 1;
+        match op {
+            Op::Hydrate(entries) => entries.iter().for_each(|e| count(e.record.id())),
+            Op::Create(r) | Op::Upsert { record: r, .. } => count(r.id()),
+            Op::Update { id, .. }
+            | Op::Delete { id, .. }
+            | Op::Patch { id, .. }
+            | Op::Writeback { id, .. }
+            | Op::Remote { id, .. }
+            | Op::Restore { id, .. } => count(id),
+        }
+    }
+    let mut out = Vec::new();
+    let mut kept_ops = Vec::with_capacity(ops.len());
+    let mut kept_tickets = Vec::with_capacity(tickets.len());
+    for ((op, meta), ticket) in ops.drain(..).zip(tickets.drain(..)) {
+        match op {
+            Op::Writeback { id, version, record: None } if ticket.is_none() && uses.get(&id) == Some(&1) => {
+                out.push((id, version))
+            }
+            op => {
+                kept_ops.push((op, meta));
+                kept_tickets.push(ticket);
+            }
+        }
+    }
+    *ops = kept_ops;
+    *tickets = kept_tickets;
+    out
 }
 
 fn emit<T: Record>(w: &mut MessageWriter<WriteSettled<T>>, v: Vec<WriteSettled<T>>) {
@@ -731,13 +785,20 @@ fn publish_reads<T: Record>(
 /// Hands flights to their routes' executors (in `Last`, through `Outgoing`); they are encoded
 /// for the wire off the game thread.
 fn send<T: Record>(state: &mut StoreState<T>, routes: &Routes, outgoing: &mut Outgoing, flights: Vec<Flight<T>>) {
-    let mut by_route: Vec<(String, Vec<Flight<T>>)> = Vec::new();
-    for f in flights {
-        match by_route.iter_mut().find(|(r, _)| *r == f.route) {
-            Some((_, v)) => v.push(f),
-            None => by_route.push((f.route.clone(), vec![f])),
+    let by_route: Vec<(String, Vec<Flight<T>>)> = match flights.first() {
+        // Usually every write of a frame takes the store's route: one group, no copying.
+        Some(first) if flights.iter().all(|f| f.route == first.route) => vec![(first.route.clone(), flights)],
+        _ => {
+            let mut by_route: Vec<(String, Vec<Flight<T>>)> = Vec::new();
+            for f in flights {
+                match by_route.iter_mut().find(|(r, _)| *r == f.route) {
+                    Some((_, v)) => v.push(f),
+                    None => by_route.push((f.route.clone(), vec![f])),
+                }
+            }
+            by_route
         }
-    }
+    };
     for (route_name, mut flights) in by_route {
         let Some(route) = routes.get(&route_name) else { continue };
         let batch = super::flush::next_id();
