@@ -29,15 +29,31 @@ use tokio::sync::oneshot;
 use super::executor::BoxFuture;
 use crate::core::{Query, WriteAction};
 use crate::protocol::{
-    Meta, OpBody, OpResult, OpsRequest, OpsResponse, QueryRequest, QueryResult, StandardError, WireWriteEntry,
-    WriteItemResult, WriteRequest, WriteResult,
+    Meta, OpBody, OpResult, OpsRequest, OpsResponse, QueryRequest, QueryResult, RawOpsResponse, StandardError,
+    WireWriteEntry, WriteItemResult, WriteRequest, WriteResult,
 };
+use serde_json::value::RawValue;
 
 /// Sends one `POST /ops` request.
 pub trait Transport: Send + Sync + 'static {
     /// Sends a request; `trace` is set when every op shares one trace id (then it goes into the
     /// `x-atoma-trace-id` / `x-atoma-request-id` headers too).
     fn send(&self, req: OpsRequest, trace: Option<TraceIds>) -> BoxFuture<Result<OpsResponse, StandardError>>;
+
+    /// Like [`Transport::send`], with each op's `data` left as undecoded JSON text for the
+    /// caller to decode straight into its type. The engine sends through this, by reference,
+    /// so a retry does not copy the request.
+    ///
+    /// The default clones the request, calls [`Transport::send`] and encodes each op's data
+    /// again; a transport that reads JSON (like [`super::HttpTransport`]) should decode the
+    /// response straight into a [`RawOpsResponse`] instead.
+    fn send_raw(&self, req: &OpsRequest, trace: Option<TraceIds>) -> BoxFuture<Result<RawOpsResponse, StandardError>> {
+        let sent = self.send(req.clone(), trace);
+        Box::pin(async move {
+            RawOpsResponse::from_tree(sent.await?)
+                .map_err(|e| StandardError::internal(format!("re-encoding a response failed: {e}")))
+        })
+    }
 }
 
 /// The trace headers of a request.
@@ -568,13 +584,13 @@ impl BatchEngine {
         trace: Option<TraceIds>,
         per_emitter: HashMap<String, (usize, usize)>,
         mixed: bool,
-    ) -> Result<OpsResponse, StandardError> {
+    ) -> Result<RawOpsResponse, StandardError> {
         let total = req.ops.len();
         let mut attempt = 0u32;
         loop {
             self.emit_requests(lane, &per_emitter, total, &trace.as_ref().map(|t| t.trace_id.clone()), mixed, attempt);
             let started = Instant::now();
-            let r = self.inner.transport.send(req.clone(), trace.clone()).await;
+            let r = self.inner.transport.send_raw(&req, trace.clone()).await;
             self.emit_responses(lane, &per_emitter, r.is_ok(), started.elapsed());
             match r {
                 Err(e) if e.is_retryable() && attempt < self.inner.config.retry.max_retries => {
@@ -629,7 +645,7 @@ impl BatchEngine {
                 let out = match results.as_mut() {
                     Err(e) => Err(e.clone()),
                     Ok(map) => match map.remove(&op_id) {
-                        Some(res) if res.ok => match res.data.map(serde_json::from_value::<QueryResult>) {
+                        Some(res) if res.ok => match res.data.as_deref().map(decode::<QueryResult>) {
                             Some(Ok(q)) => Ok(q),
                             Some(Err(e)) => Err(StandardError::internal(format!("a query result did not parse: {e}"))),
                             None => Err(StandardError::internal("a query result without data")),
@@ -692,7 +708,7 @@ impl BatchEngine {
                 let op_result: Result<HashMap<String, WriteItemResult>, StandardError> = match results.as_mut() {
                     Err(e) => Err(e.clone()),
                     Ok(map) => match map.remove(&op_id) {
-                        Some(res) if res.ok => match res.data.map(serde_json::from_value::<WriteResult>) {
+                        Some(res) if res.ok => match res.data.as_deref().map(decode::<WriteResult>) {
                             Some(Ok(w)) => Ok(w.results.into_iter().map(|r| (r.entry_id.clone(), r)).collect()),
                             Some(Err(e)) => Err(StandardError::internal(format!("a write result did not parse: {e}"))),
                             None => Err(StandardError::internal("a write result without data")),
@@ -759,7 +775,14 @@ impl BatchEngine {
     }
 }
 
-fn results_by_op(r: Result<OpsResponse, StandardError>) -> Result<HashMap<String, OpResult>, StandardError> {
+/// An op's data, decoded straight from its JSON text.
+fn decode<T: serde::de::DeserializeOwned>(raw: &RawValue) -> Result<T, serde_json::Error> {
+    serde_json::from_str(raw.get())
+}
+
+type RawOpResult = OpResult<Box<RawValue>>;
+
+fn results_by_op(r: Result<RawOpsResponse, StandardError>) -> Result<HashMap<String, RawOpResult>, StandardError> {
     let resp = r?;
     if !resp.ok {
         return Err(resp.error.unwrap_or_else(|| StandardError::internal("a rejected request without an error")));
