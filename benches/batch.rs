@@ -41,8 +41,8 @@ use std::time::{Duration, Instant};
 use atoma::core::{Query, WriteAction, field};
 use atoma::io::{BatchConfig, BatchEngine, BoxFuture, HttpTransport, TaskContext, TraceIds, Transport};
 use atoma::protocol::{
-    ItemMeta, Meta, OpBody, OpsRequest, OpsResponse, QueryRequest, QueryResult, RawOpsResponse, RemoteOp, StandardError,
-    WireWriteEntry, WriteItem, WriteRequest, WriteResult,
+    ItemMeta, Meta, OpBody, OpsRequest, OpsResponse, QueryRequest, QueryResult, RawOpsResponse, RemoteOp,
+    StandardError, WireWriteEntry, WriteItem, WriteRequest, WriteResult,
 };
 use atoma_server::{RunningServer, Server, ServerConfig};
 use criterion::{Criterion, SamplingMode, Throughput};

@@ -12,9 +12,9 @@ use std::sync::atomic::Ordering;
 use atoma::JsonRecord;
 use atoma::core::{Entry, Filter, Page, Table};
 use atoma::protocol::{
-    Change, Current, Meta, PROTOCOL_VERSION, PullRequest, PullResult, QueryRequest,
-    StandardError, Stored, Warning, WireWriteEntry, WriteItemResult, WriteRequest, WriteResult, apply_entry,
-    entry_target, valid_resource, with_version,
+    Change, Current, Meta, PROTOCOL_VERSION, PullRequest, PullResult, QueryRequest, StandardError, Stored, Warning,
+    WireWriteEntry, WriteItemResult, WriteRequest, WriteResult, apply_entry, entry_target, valid_resource,
+    with_version,
 };
 use axum::http::StatusCode;
 use serde_json::{Map, Value as Json};

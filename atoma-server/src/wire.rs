@@ -291,18 +291,23 @@ pub(crate) struct RecordOut<'a> {
 
 impl Serialize for RecordOut<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let has_version = self.body.contains_key("version");
-        let mut m = s.serialize_map(Some(self.body.len() + usize::from(!has_version)))?;
+        // The length is not needed by the JSON serializer (and a stored body has no "version").
+        let mut m = s.serialize_map(None)?;
         let mut placed = false;
         for (k, v) in self.body {
-            if k == "version" {
-                m.serialize_entry("version", &self.version)?;
-                placed = true;
-                continue;
-            }
-            if !placed && k.as_str() > "version" {
-                m.serialize_entry("version", &self.version)?;
-                placed = true;
+            if !placed {
+                match k.as_str().cmp("version") {
+                    std::cmp::Ordering::Less => {}
+                    std::cmp::Ordering::Equal => {
+                        m.serialize_entry("version", &self.version)?;
+                        placed = true;
+                        continue;
+                    }
+                    std::cmp::Ordering::Greater => {
+                        m.serialize_entry("version", &self.version)?;
+                        placed = true;
+                    }
+                }
             }
             m.serialize_entry(k, v)?;
         }
@@ -505,11 +510,7 @@ impl ResultsWriter {
     }
 
     /// A successful op whose data `data` writes; if that fails, the op fails instead.
-    pub(crate) fn ok_with(
-        &mut self,
-        op_id: &str,
-        data: impl FnOnce(&mut Vec<u8>) -> Result<(), StandardError>,
-    ) {
+    pub(crate) fn ok_with(&mut self, op_id: &str, data: impl FnOnce(&mut Vec<u8>) -> Result<(), StandardError>) {
         self.start();
         let len = self.out.len();
         self.out.extend_from_slice(br#"{"data":"#);
@@ -535,7 +536,8 @@ impl ResultsWriter {
     fn error_body(&mut self, op_id: &str, e: &StandardError) {
         self.out.extend_from_slice(br#"{"error":"#);
         if encode(&mut self.out, &Sorted(e)).is_err() {
-            self.out.extend_from_slice(br#"{"code":"INTERNAL","kind":"internal","message":"encoding an error failed"}"#);
+            self.out
+                .extend_from_slice(br#"{"code":"INTERNAL","kind":"internal","message":"encoding an error failed"}"#);
         }
         self.out.extend_from_slice(br#","ok":false,"opId":"#);
         self.string(op_id);
@@ -633,7 +635,8 @@ mod tests {
             r#"{{"ops":[{{"opId":"a","kind":"query","query":{{"resource":"a","query":{{"filter":{}}}}}}}]}}"#,
             format!("{}{}", "[".repeat(200), "]".repeat(200))
         );
-        let deep_ignored = format!(r#"{{"ops":[],"meta":{{"v":1,"x":{}1{}}}}}"#, "{\"a\":".repeat(200), "}".repeat(200));
+        let deep_ignored =
+            format!(r#"{{"ops":[],"meta":{{"v":1,"x":{}1{}}}}}"#, "{\"a\":".repeat(200), "}".repeat(200));
         let deep_array = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         let cases: Vec<Vec<u8>> = vec![
             b"".to_vec(),
@@ -745,8 +748,10 @@ mod tests {
             start_cursor: Some("s".into()),
             end_cursor: Some("e".into()),
         };
-        let entries =
-            [Entry::new(JsonRecord::new(rec.clone()).expect("a record"), 7), Entry::new(JsonRecord::new(late.clone()).expect("a record"), 1)];
+        let entries = [
+            Entry::new(JsonRecord::new(rec.clone()).expect("a record"), 7),
+            Entry::new(JsonRecord::new(late.clone()).expect("a record"), 1),
+        ];
         let items: Vec<&Entry<JsonRecord>> = entries.iter().collect();
         let query = atoma::protocol::QueryResult {
             data: vec![with_version(rec.clone(), 7), with_version(late.clone(), 1)],
@@ -791,7 +796,11 @@ mod tests {
             trace_id: Some("t".into()),
             request_id: Some("r".into()),
             server_time_ms: Some(1_760_000_000_123),
-            warnings: vec![Warning { code: "LIMIT_CLAMPED".into(), message: "m".into(), details: Some(json!({ "z": 1, "a": 2 })) }],
+            warnings: vec![Warning {
+                code: "LIMIT_CLAMPED".into(),
+                message: "m".into(),
+                details: Some(json!({ "z": 1, "a": 2 })),
+            }],
             ..Meta::v1()
         };
         let mut w = ResultsWriter::new(16);
@@ -810,8 +819,11 @@ mod tests {
                 OpResult::ok("p1".into(), serde_json::to_value(&pull).expect("a value")),
                 OpResult::ok(
                     "q2".into(),
-                    serde_json::to_value(atoma::protocol::QueryResult { data: vec![], page_info: Some(PageInfo::default()) })
-                        .expect("a value"),
+                    serde_json::to_value(atoma::protocol::QueryResult {
+                        data: vec![],
+                        page_info: Some(PageInfo::default()),
+                    })
+                    .expect("a value"),
                 ),
                 OpResult::err("bad".into(), StandardError::internal("encoding a result: no")),
             ],

@@ -641,10 +641,10 @@ impl BatchEngine {
         self.spawn_tracked(async move {
             let r = this.send_with_retry(Lane::Query, req, ids, per_emitter, mixed).await;
             let mut results = results_by_op(r);
-            for (op_id, reply) in replies {
+            for (pos, (op_id, reply)) in replies.into_iter().enumerate() {
                 let out = match results.as_mut() {
                     Err(e) => Err(e.clone()),
-                    Ok(map) => match map.remove(&op_id) {
+                    Ok(by_op) => match by_op.take(pos, &op_id) {
                         Some(res) if res.ok => match res.data.as_deref().map(decode::<QueryResult>) {
                             Some(Ok(q)) => Ok(q),
                             Some(Err(e)) => Err(StandardError::internal(format!("a query result did not parse: {e}"))),
@@ -704,10 +704,10 @@ impl BatchEngine {
         self.spawn_tracked(async move {
             let r = this.send_with_retry(Lane::Write, req, ids, per_emitter, mixed).await;
             let mut results = results_by_op(r);
-            for (op_id, entries) in replies {
+            for (pos, (op_id, entries)) in replies.into_iter().enumerate() {
                 let op_result: Result<HashMap<String, WriteItemResult>, StandardError> = match results.as_mut() {
                     Err(e) => Err(e.clone()),
-                    Ok(map) => match map.remove(&op_id) {
+                    Ok(by_op) => match by_op.take(pos, &op_id) {
                         Some(res) if res.ok => match res.data.as_deref().map(decode::<WriteResult>) {
                             Some(Ok(w)) => Ok(w.results.into_iter().map(|r| (r.entry_id.clone(), r)).collect()),
                             Some(Err(e)) => Err(StandardError::internal(format!("a write result did not parse: {e}"))),
@@ -782,11 +782,36 @@ fn decode<T: serde::de::DeserializeOwned>(raw: &RawValue) -> Result<T, serde_jso
 
 type RawOpResult = OpResult<Box<RawValue>>;
 
-fn results_by_op(r: Result<RawOpsResponse, StandardError>) -> Result<HashMap<String, RawOpResult>, StandardError> {
+/// A response's results, taken by op id. The protocol answers in op order, so the result at
+/// the op's position is tried first; any other order falls back to a lookup by id.
+struct ByOp {
+    results: Vec<Option<RawOpResult>>,
+    /// Built on the first result out of place: op id → position (the last one wins).
+    index: Option<HashMap<String, usize>>,
+}
+
+impl ByOp {
+    fn take(&mut self, pos: usize, op_id: &str) -> Option<RawOpResult> {
+        if self.index.is_none()
+            && let Some(slot) = self.results.get_mut(pos)
+            && slot.as_ref().is_some_and(|r| r.op_id == op_id)
+        {
+            return slot.take();
+        }
+        let results = &self.results;
+        let index = self.index.get_or_insert_with(|| {
+            results.iter().enumerate().filter_map(|(i, r)| r.as_ref().map(|r| (r.op_id.clone(), i))).collect()
+        });
+        let i = index.remove(op_id)?;
+        self.results.get_mut(i).and_then(Option::take)
+    }
+}
+
+fn results_by_op(r: Result<RawOpsResponse, StandardError>) -> Result<ByOp, StandardError> {
     let resp = r?;
     if !resp.ok {
         return Err(resp.error.unwrap_or_else(|| StandardError::internal("a rejected request without an error")));
     }
     let data = resp.data.ok_or_else(|| StandardError::internal("a response without data"))?;
-    Ok(data.results.into_iter().map(|r| (r.op_id.clone(), r)).collect())
+    Ok(ByOp { results: data.results.into_iter().map(Some).collect(), index: None })
 }
