@@ -632,8 +632,9 @@ mod tests {
     #[test]
     fn problems_fall_back_to_the_reference_decoder() {
         let deep_payload = format!(
-            r#"{{"ops":[{{"opId":"a","kind":"query","query":{{"resource":"a","query":{{"filter":{}}}}}}}]}}"#,
-            format!("{}{}", "[".repeat(200), "]".repeat(200))
+            r#"{{"ops":[{{"opId":"a","kind":"query","query":{{"resource":"a","query":{{"filter":{}{}}}}}}}]}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
         );
         let deep_ignored =
             format!(r#"{{"ops":[],"meta":{{"v":1,"x":{}1{}}}}}"#, "{\"a\":".repeat(200), "}".repeat(200));

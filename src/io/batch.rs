@@ -624,9 +624,16 @@ impl BatchEngine {
         let mut replies = Vec::with_capacity(batch.len());
         for (i, t) in batch.into_iter().enumerate() {
             if let Some(e) = &t.ctx.emitter {
-                let c = per_emitter.entry(e.clone()).or_default();
-                c.0 += 1;
-                c.1 += 1;
+                // Most queries of a request share an emitter: no key copy for those.
+                match per_emitter.get_mut(e) {
+                    Some(c) => {
+                        c.0 += 1;
+                        c.1 += 1;
+                    }
+                    None => {
+                        per_emitter.insert(e.clone(), (1, 1));
+                    }
+                }
             }
             let op_id = format!("q{i}");
             ops.push(crate::protocol::RemoteOp {
