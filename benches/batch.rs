@@ -41,8 +41,8 @@ use std::time::{Duration, Instant};
 use atoma::core::{Query, WriteAction, field};
 use atoma::io::{BatchConfig, BatchEngine, BoxFuture, HttpTransport, TaskContext, TraceIds, Transport};
 use atoma::protocol::{
-    ItemMeta, Meta, OpBody, OpsRequest, OpsResponse, QueryRequest, QueryResult, RemoteOp, StandardError,
-    WireWriteEntry, WriteItem, WriteRequest, WriteResult,
+    ItemMeta, Meta, OpBody, OpsRequest, OpsResponse, QueryRequest, QueryResult, RawOpsResponse, RemoteOp,
+    StandardError, WireWriteEntry, WriteItem, WriteRequest, WriteResult,
 };
 use atoma_server::{RunningServer, Server, ServerConfig};
 use criterion::{Criterion, SamplingMode, Throughput};
@@ -193,6 +193,11 @@ impl Transport for Counting {
     fn send(&self, req: OpsRequest, trace: Option<TraceIds>) -> BoxFuture<Result<OpsResponse, StandardError>> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.inner.send(req, trace)
+    }
+    // The engine sends through this: forward it, or the default would re-encode every answer.
+    fn send_raw(&self, req: &OpsRequest, trace: Option<TraceIds>) -> BoxFuture<Result<RawOpsResponse, StandardError>> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.inner.send_raw(req, trace)
     }
 }
 

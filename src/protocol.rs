@@ -10,7 +10,7 @@ mod write;
 pub use apply::{Applied, Stored, apply_entry, entry_target};
 pub use envelope::{
     Change, ChangeKind, Meta, Notify, OpBody, OpResult, OpsData, OpsRequest, OpsResponse, PROTOCOL_VERSION,
-    PullRequest, PullResult, RemoteOp, Warning,
+    PullRequest, PullResult, RawOpsResponse, RemoteOp, Warning,
 };
 pub use error::{ErrorKind, StandardError};
 pub use write::{Current, ItemMeta, UpsertOptions, WireWriteEntry, WriteItem, WriteItemResult, WriteOptions};

@@ -105,7 +105,9 @@ async fn ops(State(state): State<Arc<ServerState>>, headers: HeaderMap, body: Bo
     };
     let task = tokio::task::spawn_blocking(move || state.handle_ops(&principal, &bytes, trace));
     match task.await {
-        Ok((status, body)) => json(status, &body),
+        Ok((status, body)) => {
+            (status, [(CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+        }
         Err(e) => error(StandardError::internal(format!("the request failed: {e}"))),
     }
 }

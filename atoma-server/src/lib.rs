@@ -32,6 +32,7 @@ mod http;
 mod ops;
 mod state;
 pub mod storage;
+mod wire;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};

@@ -12,9 +12,9 @@ use std::sync::atomic::Ordering;
 use atoma::JsonRecord;
 use atoma::core::{Entry, Filter, Page, Table};
 use atoma::protocol::{
-    Change, Current, Meta, OpResult, PROTOCOL_VERSION, PullRequest, PullResult, QueryRequest, QueryResult,
-    StandardError, Stored, Warning, WireWriteEntry, WriteItemResult, WriteRequest, WriteResult, apply_entry,
-    entry_target, valid_resource, with_version,
+    Change, Current, Meta, PROTOCOL_VERSION, PullRequest, PullResult, QueryRequest, StandardError, Stored, Warning,
+    WireWriteEntry, WriteItemResult, WriteRequest, WriteResult, apply_entry, entry_target, valid_resource,
+    with_version,
 };
 use axum::http::StatusCode;
 use serde_json::{Map, Value as Json};
@@ -23,17 +23,20 @@ use crate::config::Limits;
 use crate::error::{access_denied, err, invalid_request, status_of};
 use crate::state::{Notice, Right, ServerState};
 use crate::storage::{CommitBatch, LogEntry, Replay};
+use crate::wire::{PullOut, QueryOut, ResultsWriter, WriteOut, encode};
 
 /// One op's payload, parsed.
-enum Payload {
+#[derive(Debug, PartialEq)]
+pub(crate) enum Payload {
     Query(QueryRequest),
     Write(WriteRequest),
     Pull(PullRequest),
 }
 
-struct ParsedOp {
-    op_id: String,
-    payload: Result<Payload, StandardError>,
+#[derive(Debug, PartialEq)]
+pub(crate) struct ParsedOp {
+    pub(crate) op_id: String,
+    pub(crate) payload: Result<Payload, StandardError>,
 }
 
 /// Trace ids from the request headers (used when `meta` has none).
@@ -58,7 +61,19 @@ fn limits_error(code: &str, message: impl Into<String>) -> StandardError {
 }
 
 /// Parses the body: request-level problems are errors, op payload problems are per-op.
-fn parse(body: &[u8], limits: &Limits) -> Result<(Meta, Vec<ParsedOp>), StandardError> {
+///
+/// The typed fast path ([`crate::wire::fast_parse`]) answers for a request without any
+/// problem; everything else goes through the reference decoder below, which reads the body
+/// as a `Value` tree and builds the exact errors.
+pub(crate) fn parse(body: &[u8], limits: &Limits) -> Result<(Meta, Vec<ParsedOp>), StandardError> {
+    match crate::wire::fast_parse(body, limits) {
+        Some(parsed) => Ok(parsed),
+        None => parse_reference(body, limits),
+    }
+}
+
+/// The reference decoder: the body as a `Value` tree, then each op from it.
+pub(crate) fn parse_reference(body: &[u8], limits: &Limits) -> Result<(Meta, Vec<ParsedOp>), StandardError> {
     let value: Json =
         serde_json::from_slice(body).map_err(|e| invalid_body(format!("the body is not valid JSON: {e}")))?;
     let Json::Object(mut root) = value else {
@@ -183,14 +198,16 @@ fn owner_of<'a>(value: &'a Map<String, Json>, field: &str) -> Option<&'a str> {
 }
 
 impl ServerState {
-    /// Runs one `POST /ops` body for `principal`: the status and the response envelope.
-    pub(crate) fn handle_ops(&self, principal: &str, body: &[u8], trace: HeaderTrace) -> (StatusCode, Json) {
+    /// Runs one `POST /ops` body for `principal`: the status and the response body (JSON).
+    pub(crate) fn handle_ops(&self, principal: &str, body: &[u8], trace: HeaderTrace) -> (StatusCode, Vec<u8>) {
         let (meta, ops) = match parse(body, &self.config.limits) {
             Ok(p) => p,
-            Err(e) => return error_response(e),
+            Err(e) => return error_body(e),
         };
         let mut warnings = Vec::new();
-        let results = self.execute(principal, ops, &mut warnings);
+        // Answers are usually about as large as the request, or larger.
+        let mut out = ResultsWriter::new(body.len().saturating_mul(2).clamp(256, 1 << 22));
+        self.execute(principal, ops, &mut warnings, &mut out);
         let meta = Meta {
             v: PROTOCOL_VERSION,
             trace_id: meta.trace_id.or(trace.trace_id),
@@ -199,66 +216,69 @@ impl ServerState {
             warnings,
             ..Meta::default()
         };
-        let body = serde_json::json!({ "ok": true, "data": { "results": results }, "meta": meta });
-        (StatusCode::OK, body)
+        (StatusCode::OK, out.finish(&meta))
     }
 
-    fn execute(&self, principal: &str, ops: Vec<ParsedOp>, warnings: &mut Vec<Warning>) -> Vec<OpResult> {
+    /// Runs the ops and writes one result per op, in op order. The reads before the first write
+    /// run first, then every write (one commit), then the reads after the first write.
+    fn execute(&self, principal: &str, mut ops: Vec<ParsedOp>, warnings: &mut Vec<Warning>, out: &mut ResultsWriter) {
         let first_write = ops.iter().position(|o| matches!(o.payload, Ok(Payload::Write(_)))).unwrap_or(ops.len());
-        let mut results: Vec<Option<OpResult>> = vec![None; ops.len()];
-        let read = |op: &ParsedOp, warnings: &mut Vec<Warning>| -> Option<OpResult> {
-            let r = match &op.payload {
-                Err(e) => Err(e.clone()),
-                Ok(Payload::Query(q)) => self.run_query(principal, q, warnings).and_then(to_json),
-                Ok(Payload::Pull(p)) => self.run_pull(principal, p, warnings).and_then(to_json),
-                Ok(Payload::Write(_)) => return None,
-            };
-            Some(match r {
-                Ok(data) => OpResult::ok(op.op_id.clone(), data),
-                Err(e) => OpResult::err(op.op_id.clone(), e),
-            })
-        };
-        for (i, op) in ops.iter().enumerate().take(first_write) {
-            results[i] = read(op, warnings);
+        for op in &mut ops[..first_write] {
+            self.read(principal, op, warnings, out);
         }
-        let writes: Vec<(usize, &WriteRequest)> = ops
+        if first_write == ops.len() {
+            return;
+        }
+        let reqs: Vec<&WriteRequest> = ops[first_write..]
             .iter()
-            .enumerate()
-            .filter_map(|(i, o)| match &o.payload {
-                Ok(Payload::Write(w)) => Some((i, w)),
+            .filter_map(|o| match &o.payload {
+                Ok(Payload::Write(w)) => Some(w),
                 _ => None,
             })
             .collect();
-        if !writes.is_empty() {
-            let reqs: Vec<&WriteRequest> = writes.iter().map(|(_, w)| *w).collect();
-            for ((i, _), r) in writes.iter().zip(self.run_writes(principal, &reqs)) {
-                let op_id = ops[*i].op_id.clone();
-                results[*i] = Some(match r.and_then(to_json) {
-                    Ok(data) => OpResult::ok(op_id, data),
-                    Err(e) => OpResult::err(op_id, e),
-                });
+        let mut written = self.run_writes(principal, &reqs).into_iter();
+        drop(reqs);
+        for op in &mut ops[first_write..] {
+            if matches!(op.payload, Ok(Payload::Write(_))) {
+                match written.next() {
+                    Some(Ok(w)) => out.ok_with(&op.op_id, |buf| encode(buf, &WriteOut(&w))),
+                    Some(Err(e)) => out.err(&op.op_id, &e),
+                    None => out.err(&op.op_id, &StandardError::internal("the op was not run")),
+                }
+            } else {
+                self.read(principal, op, warnings, out);
             }
         }
-        for (i, op) in ops.iter().enumerate().skip(first_write) {
-            if results[i].is_none() {
-                results[i] = read(op, warnings);
-            }
-        }
-        results
-            .into_iter()
-            .zip(&ops)
-            .map(|(r, op)| {
-                r.unwrap_or_else(|| OpResult::err(op.op_id.clone(), StandardError::internal("the op was not run")))
-            })
-            .collect()
     }
 
+    /// Runs a query or a pull (or reports the op's decoding error) and writes its result.
+    fn read(&self, principal: &str, op: &mut ParsedOp, warnings: &mut Vec<Warning>, out: &mut ResultsWriter) {
+        match &mut op.payload {
+            Err(e) => out.err(&op.op_id, e),
+            Ok(Payload::Query(q)) => {
+                let op_id = &op.op_id;
+                let ran = self.run_query(principal, q, warnings, |page| out.ok_with(op_id, |buf| encode(buf, &page)));
+                if let Err(e) = ran {
+                    out.err(op_id, &e);
+                }
+            }
+            Ok(Payload::Pull(p)) => match self.run_pull(principal, p, warnings) {
+                Ok(r) => out.ok_with(&op.op_id, |buf| encode(buf, &PullOut(&r))),
+                Err(e) => out.err(&op.op_id, &e),
+            },
+            Ok(Payload::Write(_)) => out.err(&op.op_id, &StandardError::internal("the op was not run")),
+        }
+    }
+
+    /// Runs a query and hands its page to `emit` while the tables are still locked (the
+    /// records are encoded from the table, not copied).
     fn run_query(
         &self,
         principal: &str,
-        req: &QueryRequest,
+        req: &mut QueryRequest,
         warnings: &mut Vec<Warning>,
-    ) -> Result<QueryResult, StandardError> {
+        emit: impl FnOnce(QueryOut<'_>),
+    ) -> Result<(), StandardError> {
         if !valid_resource(&req.resource) {
             return Err(StandardError::invalid_query(format!(
                 "resource {:?} must match [A-Za-z0-9_.-]{{1,64}}",
@@ -267,7 +287,7 @@ impl ServerState {
         }
         let rc = self.authorize(principal, &req.resource, Right::Read)?;
         let limits = &self.config.limits;
-        let mut query = req.query.clone();
+        let query = &mut req.query;
         let page = query.page.get_or_insert(Page::Offset { limit: None, offset: None, include_total: None });
         let (Page::Offset { limit, .. } | Page::Cursor { limit, .. }) = page;
         match limit {
@@ -290,14 +310,18 @@ impl ServerState {
             });
         }
         let compiled = query.compile().map_err(|e| StandardError::invalid_query(e.to_string()))?;
-        let empty = Table::<JsonRecord>::new([]);
         let tables = self.tables();
-        let table = tables.get(&req.resource).unwrap_or(&empty);
+        let empty;
+        let table = match tables.get(&req.resource) {
+            Some(t) => t,
+            None => {
+                empty = Table::<JsonRecord>::new([]);
+                &empty
+            }
+        };
         let page = table.query(&compiled).map_err(|e| StandardError::invalid_query(e.to_string()))?;
-        Ok(QueryResult {
-            data: page.items.iter().map(|e| with_version(e.record.body().clone(), e.version)).collect(),
-            page_info: Some(page.page_info),
-        })
+        emit(QueryOut { items: &page.items, page_info: Some(&page.page_info) });
+        Ok(())
     }
 
     fn run_pull(
@@ -555,12 +579,20 @@ fn parse_cursor(cursor: &str) -> Result<u64, StandardError> {
     cursor.parse().map_err(|_| invalid_request(format!("cursor {cursor:?} is out of range")))
 }
 
-fn to_json<T: serde::Serialize>(v: T) -> Result<Json, StandardError> {
-    serde_json::to_value(v).map_err(|e| StandardError::internal(format!("encoding a result: {e}")))
-}
-
 /// A request-level error: its status and the envelope `{ ok: false, error, meta: { v: 1 } }`.
 pub(crate) fn error_response(e: StandardError) -> (StatusCode, Json) {
     let status = status_of(&e.code);
     (status, serde_json::json!({ "ok": false, "error": e, "meta": Meta::v1() }))
+}
+
+/// [`error_response`], encoded.
+fn error_body(e: StandardError) -> (StatusCode, Vec<u8>) {
+    let (status, body) = error_response(e);
+    match serde_json::to_vec(&body) {
+        Ok(bytes) => (status, bytes),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            br#"{"error":{"code":"INTERNAL","kind":"internal","message":"encoding the response failed"},"meta":{"v":1},"ok":false}"#.to_vec(),
+        ),
+    }
 }

@@ -29,15 +29,31 @@ use tokio::sync::oneshot;
 use super::executor::BoxFuture;
 use crate::core::{Query, WriteAction};
 use crate::protocol::{
-    Meta, OpBody, OpResult, OpsRequest, OpsResponse, QueryRequest, QueryResult, StandardError, WireWriteEntry,
-    WriteItemResult, WriteRequest, WriteResult,
+    Meta, OpBody, OpResult, OpsRequest, OpsResponse, QueryRequest, QueryResult, RawOpsResponse, StandardError,
+    WireWriteEntry, WriteItemResult, WriteRequest, WriteResult,
 };
+use serde_json::value::RawValue;
 
 /// Sends one `POST /ops` request.
 pub trait Transport: Send + Sync + 'static {
     /// Sends a request; `trace` is set when every op shares one trace id (then it goes into the
     /// `x-atoma-trace-id` / `x-atoma-request-id` headers too).
     fn send(&self, req: OpsRequest, trace: Option<TraceIds>) -> BoxFuture<Result<OpsResponse, StandardError>>;
+
+    /// Like [`Transport::send`], with each op's `data` left as undecoded JSON text for the
+    /// caller to decode straight into its type. The engine sends through this, by reference,
+    /// so a retry does not copy the request.
+    ///
+    /// The default clones the request, calls [`Transport::send`] and encodes each op's data
+    /// again; a transport that reads JSON (like [`super::HttpTransport`]) should decode the
+    /// response straight into a [`RawOpsResponse`] instead.
+    fn send_raw(&self, req: &OpsRequest, trace: Option<TraceIds>) -> BoxFuture<Result<RawOpsResponse, StandardError>> {
+        let sent = self.send(req.clone(), trace);
+        Box::pin(async move {
+            RawOpsResponse::from_tree(sent.await?)
+                .map_err(|e| StandardError::internal(format!("re-encoding a response failed: {e}")))
+        })
+    }
 }
 
 /// The trace headers of a request.
@@ -568,13 +584,13 @@ impl BatchEngine {
         trace: Option<TraceIds>,
         per_emitter: HashMap<String, (usize, usize)>,
         mixed: bool,
-    ) -> Result<OpsResponse, StandardError> {
+    ) -> Result<RawOpsResponse, StandardError> {
         let total = req.ops.len();
         let mut attempt = 0u32;
         loop {
             self.emit_requests(lane, &per_emitter, total, &trace.as_ref().map(|t| t.trace_id.clone()), mixed, attempt);
             let started = Instant::now();
-            let r = self.inner.transport.send(req.clone(), trace.clone()).await;
+            let r = self.inner.transport.send_raw(&req, trace.clone()).await;
             self.emit_responses(lane, &per_emitter, r.is_ok(), started.elapsed());
             match r {
                 Err(e) if e.is_retryable() && attempt < self.inner.config.retry.max_retries => {
@@ -608,9 +624,16 @@ impl BatchEngine {
         let mut replies = Vec::with_capacity(batch.len());
         for (i, t) in batch.into_iter().enumerate() {
             if let Some(e) = &t.ctx.emitter {
-                let c = per_emitter.entry(e.clone()).or_default();
-                c.0 += 1;
-                c.1 += 1;
+                // Most queries of a request share an emitter: no key copy for those.
+                match per_emitter.get_mut(e) {
+                    Some(c) => {
+                        c.0 += 1;
+                        c.1 += 1;
+                    }
+                    None => {
+                        per_emitter.insert(e.clone(), (1, 1));
+                    }
+                }
             }
             let op_id = format!("q{i}");
             ops.push(crate::protocol::RemoteOp {
@@ -625,11 +648,11 @@ impl BatchEngine {
         self.spawn_tracked(async move {
             let r = this.send_with_retry(Lane::Query, req, ids, per_emitter, mixed).await;
             let mut results = results_by_op(r);
-            for (op_id, reply) in replies {
+            for (pos, (op_id, reply)) in replies.into_iter().enumerate() {
                 let out = match results.as_mut() {
                     Err(e) => Err(e.clone()),
-                    Ok(map) => match map.remove(&op_id) {
-                        Some(res) if res.ok => match res.data.map(serde_json::from_value::<QueryResult>) {
+                    Ok(by_op) => match by_op.take(pos, &op_id) {
+                        Some(res) if res.ok => match res.data.as_deref().map(decode::<QueryResult>) {
                             Some(Ok(q)) => Ok(q),
                             Some(Err(e)) => Err(StandardError::internal(format!("a query result did not parse: {e}"))),
                             None => Err(StandardError::internal("a query result without data")),
@@ -688,11 +711,11 @@ impl BatchEngine {
         self.spawn_tracked(async move {
             let r = this.send_with_retry(Lane::Write, req, ids, per_emitter, mixed).await;
             let mut results = results_by_op(r);
-            for (op_id, entries) in replies {
+            for (pos, (op_id, entries)) in replies.into_iter().enumerate() {
                 let op_result: Result<HashMap<String, WriteItemResult>, StandardError> = match results.as_mut() {
                     Err(e) => Err(e.clone()),
-                    Ok(map) => match map.remove(&op_id) {
-                        Some(res) if res.ok => match res.data.map(serde_json::from_value::<WriteResult>) {
+                    Ok(by_op) => match by_op.take(pos, &op_id) {
+                        Some(res) if res.ok => match res.data.as_deref().map(decode::<WriteResult>) {
                             Some(Ok(w)) => Ok(w.results.into_iter().map(|r| (r.entry_id.clone(), r)).collect()),
                             Some(Err(e)) => Err(StandardError::internal(format!("a write result did not parse: {e}"))),
                             None => Err(StandardError::internal("a write result without data")),
@@ -759,11 +782,43 @@ impl BatchEngine {
     }
 }
 
-fn results_by_op(r: Result<OpsResponse, StandardError>) -> Result<HashMap<String, OpResult>, StandardError> {
+/// An op's data, decoded straight from its JSON text.
+fn decode<T: serde::de::DeserializeOwned>(raw: &RawValue) -> Result<T, serde_json::Error> {
+    serde_json::from_str(raw.get())
+}
+
+type RawOpResult = OpResult<Box<RawValue>>;
+
+/// A response's results, taken by op id. The protocol answers in op order, so the result at
+/// the op's position is tried first; any other order falls back to a lookup by id.
+struct ByOp {
+    results: Vec<Option<RawOpResult>>,
+    /// Built on the first result out of place: op id → position (the last one wins).
+    index: Option<HashMap<String, usize>>,
+}
+
+impl ByOp {
+    fn take(&mut self, pos: usize, op_id: &str) -> Option<RawOpResult> {
+        if self.index.is_none()
+            && let Some(slot) = self.results.get_mut(pos)
+            && slot.as_ref().is_some_and(|r| r.op_id == op_id)
+        {
+            return slot.take();
+        }
+        let results = &self.results;
+        let index = self.index.get_or_insert_with(|| {
+            results.iter().enumerate().filter_map(|(i, r)| r.as_ref().map(|r| (r.op_id.clone(), i))).collect()
+        });
+        let i = index.remove(op_id)?;
+        self.results.get_mut(i).and_then(Option::take)
+    }
+}
+
+fn results_by_op(r: Result<RawOpsResponse, StandardError>) -> Result<ByOp, StandardError> {
     let resp = r?;
     if !resp.ok {
         return Err(resp.error.unwrap_or_else(|| StandardError::internal("a rejected request without an error")));
     }
     let data = resp.data.ok_or_else(|| StandardError::internal("a response without data"))?;
-    Ok(data.results.into_iter().map(|r| (r.op_id.clone(), r)).collect())
+    Ok(ByOp { results: data.results.into_iter().map(Some).collect(), index: None })
 }

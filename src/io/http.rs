@@ -7,8 +7,10 @@ use std::time::Duration;
 use super::batch::{BatchConfig, BatchEngine, TaskContext, TraceIds, Transport};
 use super::executor::{BoxFuture, Executor};
 use crate::protocol::{
-    ErrorKind, OpsRequest, OpsResponse, QueryRequest, QueryResult, StandardError, WriteRequest, WriteResult,
+    ErrorKind, OpsRequest, OpsResponse, QueryRequest, QueryResult, RawOpsResponse, StandardError, WriteRequest,
+    WriteResult,
 };
+use reqwest::header::CONTENT_TYPE;
 
 /// `POST {base}/ops` over HTTP/1.1 with JSON.
 #[derive(Clone)]
@@ -49,9 +51,21 @@ fn status_error(status: reqwest::StatusCode, body: &[u8]) -> StandardError {
     e
 }
 
-impl Transport for HttpTransport {
-    fn send(&self, req: OpsRequest, trace: Option<TraceIds>) -> BoxFuture<Result<OpsResponse, StandardError>> {
-        let mut rb = self.client.post(&self.ops_url).json(&req);
+impl HttpTransport {
+    /// Posts `req` and decodes a 200 answer as `R`.
+    fn post<R: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        req: &OpsRequest,
+        trace: Option<TraceIds>,
+    ) -> BoxFuture<Result<R, StandardError>> {
+        let body = match serde_json::to_vec(req) {
+            Ok(b) => b,
+            Err(e) => {
+                let e = StandardError::internal(format!("encoding the request failed: {e}"));
+                return Box::pin(async move { Err(e) });
+            }
+        };
+        let mut rb = self.client.post(&self.ops_url).header(CONTENT_TYPE, "application/json").body(body);
         if let Some(t) = &self.token {
             rb = rb.bearer_auth(t);
         }
@@ -70,11 +84,22 @@ impl Transport for HttpTransport {
             if status != reqwest::StatusCode::OK {
                 return Err(status_error(status, &body));
             }
-            serde_json::from_slice::<OpsResponse>(&body).map_err(|e| {
+            serde_json::from_slice::<R>(&body).map_err(|e| {
                 StandardError::adapter("BAD_RESPONSE", format!("the response is not a protocol envelope: {e}"))
                     .retryable()
             })
         })
+    }
+}
+
+impl Transport for HttpTransport {
+    fn send(&self, req: OpsRequest, trace: Option<TraceIds>) -> BoxFuture<Result<OpsResponse, StandardError>> {
+        self.post(&req, trace)
+    }
+
+    /// Each op's data is kept as its JSON text, for the engine to decode straight into its type.
+    fn send_raw(&self, req: &OpsRequest, trace: Option<TraceIds>) -> BoxFuture<Result<RawOpsResponse, StandardError>> {
+        self.post(req, trace)
     }
 }
 

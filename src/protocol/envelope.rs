@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
+use serde_json::value::RawValue;
 
 use super::{QueryRequest, StandardError, WriteRequest};
 
@@ -160,25 +161,26 @@ pub struct OpsRequest {
     pub ops: Vec<RemoteOp>,
 }
 
-/// The result of one op.
+/// The result of one op. `D` is the type of its data: a JSON tree by default, or
+/// [`RawValue`] (see [`RawOpsResponse`]) to decode each op's data straight into its type.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct OpResult {
+#[serde(rename_all = "camelCase", bound(deserialize = "D: Deserialize<'de>"))]
+pub struct OpResult<D = Json> {
     /// The op.
     pub op_id: String,
     /// Whether it succeeded.
     pub ok: bool,
     /// Its data (`QueryResult`, `WriteResult`, `PullResult`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<Json>,
+    pub data: Option<D>,
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<StandardError>,
 }
 
-impl OpResult {
+impl<D> OpResult<D> {
     /// A success.
-    pub fn ok(op_id: String, data: Json) -> Self {
+    pub fn ok(op_id: String, data: D) -> Self {
         Self { op_id, ok: true, data: Some(data), error: None }
     }
     /// A failure.
@@ -188,25 +190,58 @@ impl OpResult {
 }
 
 /// `data` of a successful response.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct OpsData {
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(bound(deserialize = "D: Deserialize<'de>"))]
+pub struct OpsData<D = Json> {
     /// One per op, in op order.
-    pub results: Vec<OpResult>,
+    pub results: Vec<OpResult<D>>,
+}
+
+impl<D> Default for OpsData<D> {
+    fn default() -> Self {
+        Self { results: Vec::new() }
+    }
 }
 
 /// The body of a `POST /ops` response.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct OpsResponse {
+#[serde(bound(deserialize = "D: Deserialize<'de>"))]
+pub struct OpsResponse<D = Json> {
     /// Whether the request as a whole was understood.
     pub ok: bool,
     /// The results (when `ok`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<OpsData>,
+    pub data: Option<OpsData<D>>,
     /// Why the request was rejected (when not `ok`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<StandardError>,
     /// Metadata.
     pub meta: Meta,
+}
+
+/// A response whose ops' data are still undecoded JSON text: the client decodes each straight
+/// into its type (`QueryResult`, `WriteResult`…) without building a JSON tree first. The same
+/// wire format as [`OpsResponse`].
+pub type RawOpsResponse = OpsResponse<Box<RawValue>>;
+
+impl RawOpsResponse {
+    /// The same response with undecoded data (each op's data is encoded once more).
+    pub fn from_tree(resp: OpsResponse) -> Result<Self, serde_json::Error> {
+        let data = match resp.data {
+            None => None,
+            Some(d) => Some(OpsData {
+                results: d
+                    .results
+                    .into_iter()
+                    .map(|r| {
+                        let data = r.data.as_ref().map(serde_json::value::to_raw_value).transpose()?;
+                        Ok(OpResult { op_id: r.op_id, ok: r.ok, data, error: r.error })
+                    })
+                    .collect::<Result<_, serde_json::Error>>()?,
+            }),
+        };
+        Ok(OpsResponse { ok: resp.ok, data, error: resp.error, meta: resp.meta })
+    }
 }
 
 /// The data of an SSE `sync.notify` event.
