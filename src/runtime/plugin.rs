@@ -203,9 +203,11 @@ impl Plugin for AtomaPlugin {
                         let (tx, rx) = crossbeam_channel::unbounded();
                         match SyncEngine::new(l.clone(), config.clone(), tx) {
                             Ok(engine) => {
-                                // An outbox forbids fetching a missing record for a write.
+                                // An outbox forbids fetching a missing record for a write. Not
+                                // `stores_as_sent`: the server answers a push with its copy (a
+                                // commutative patch merged with other clients' ones, fields it sets).
                                 let policy =
-                                    RoutePolicy { optimistic: true, implicit_fetch: false, stores_as_sent: true };
+                                    RoutePolicy { optimistic: true, implicit_fetch: false, stores_as_sent: false };
                                 routes.insert("sync", Route::new(engine.clone()).with_policy(policy));
                                 app.insert_resource(SyncLink {
                                     engine,

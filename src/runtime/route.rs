@@ -15,9 +15,10 @@ pub struct RoutePolicy {
     pub optimistic: bool,
     /// A write to a record missing from the store may fetch it first (one commit for both).
     pub implicit_fetch: bool,
-    /// The executor stores each record exactly as it was sent (the built-in `memory`, `local`
-    /// and `sync` executors): an ack needs only the new version, not the stored copy (unless
-    /// the store has a writeback transform, which reshapes the copy).
+    /// The executor stores each record exactly as it was sent (the built-in `memory` and
+    /// `local` executors; not `sync`, whose server may merge other clients' writes into a
+    /// record): an ack needs only the new version, not the stored copy (unless the store has a
+    /// writeback transform, which reshapes the copy).
     pub stores_as_sent: bool,
 }
 
