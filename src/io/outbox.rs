@@ -40,10 +40,12 @@ const WAITING: TableDefinition<(i64, u64), ()> = TableDefinition::new("sync/outb
 /// Index: the items in flight → when they were reserved.
 const IN_FLIGHT: TableDefinition<u64, i64> = TableDefinition::new("sync/outbox-in-flight");
 
-/// The `sync/meta` row saying which indexes the file has.
-const LAYOUT_KEY: &str = "layout";
-/// The current indexes (files without the row predate them).
-const LAYOUT: u8 = 2;
+/// The `sync/meta` row holding the highest sequence number the indexes cover. A frame's
+/// transaction only appends items (and their idempotency keys); the next transaction that
+/// reads the indexes — a push's reserve, a settle, a pull — indexes the items appended
+/// since, once each. Files written before the indexes have no such row: everything is
+/// indexed the first time.
+const INDEXED_KEY: &str = "indexed-through";
 /// The `sync/meta` row counting changes to the dead letters.
 const DEAD_GENERATION: &str = "dead-generation";
 
@@ -191,42 +193,55 @@ fn split_record_row(row: &[u8]) -> Option<(String, String, u64)> {
     ))
 }
 
-/// Whether the file's outbox has the indexes of [`LAYOUT`] (read side: never builds them).
-fn layout_ready(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<bool, StandardError> {
-    Ok(meta.get(LAYOUT_KEY).map_err(storage)?.is_some_and(|v| v.value() == [LAYOUT]))
+/// Whether the indexes exist (read side: never builds them).
+fn indexed(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<bool, StandardError> {
+    Ok(meta_u64(meta, INDEXED_KEY)?.is_some())
 }
 
-/// Builds the indexes if the file does not have them yet (a file written before them, or a
-/// new file): one pass over the queued items, once.
-fn ensure_layout(txn: &WriteTransaction) -> Result<(), StandardError> {
-    if layout_ready(&txn.open_table(META).map_err(storage)?)? {
-        return Ok(());
-    }
-    txn.delete_table(BY_RECORD).map_err(storage)?;
-    txn.delete_table(READY).map_err(storage)?;
-    txn.delete_table(WAITING).map_err(storage)?;
-    txn.delete_table(IN_FLIGHT).map_err(storage)?;
+/// Brings the indexes up to date: indexes the items appended since the last time (reading
+/// only their headers), or — on a file written before the indexes — every item, once.
+fn catch_up(txn: &WriteTransaction) -> Result<(), StandardError> {
+    let mut meta = txn.open_table(META).map_err(storage)?;
+    let through = meta_u64(&meta, INDEXED_KEY)?;
+    let last_seq = meta_u64(&meta, "next-seq")?.unwrap_or(1).saturating_sub(1);
+    let from = match through {
+        Some(s) if s >= last_seq => return Ok(()),
+        Some(s) => s,
+        None => {
+            // No index yet: start from nothing.
+            txn.delete_table(BY_RECORD).map_err(storage)?;
+            txn.delete_table(READY).map_err(storage)?;
+            txn.delete_table(WAITING).map_err(storage)?;
+            txn.delete_table(IN_FLIGHT).map_err(storage)?;
+            0
+        }
+    };
     let mut t = Tables::open(txn)?;
-    let mut seen: HashSet<Vec<u8>> = HashSet::new();
-    let mut heads = Vec::new();
-    for row in t.items.iter().map_err(storage)? {
-        let (k, v) = row.map_err(storage)?;
-        let item = codec::decode(k.value(), v.value())?;
-        record_prefix(&mut t.buf, &item.resource, &item.entity_id);
-        if seen.insert(t.buf.clone()) {
-            heads.push(item.clone());
-        }
-        t.buf.extend_from_slice(&item.seq.to_be_bytes());
+    let tail = t
+        .items
+        .range(from.saturating_add(1)..)
+        .map_err(storage)?
+        .map(|row| {
+            let (k, v) = row.map_err(storage)?;
+            Ok((k.value(), codec::decode_brief(k.value(), v.value())?))
+        })
+        .collect::<Result<Vec<_>, StandardError>>()?;
+    let mut through = from.max(last_seq);
+    for (seq, it) in tail {
+        // The record's head if nothing of it was queued before.
+        let head = t.head(&it.resource, &it.entity_id)?.is_none();
+        t.row(&it.resource, &it.entity_id, seq);
         t.by_record.insert(t.buf.as_slice(), ()).map_err(storage)?;
-        if let ItemState::InFlight { since_ms } = item.state {
-            t.in_flight.insert(item.seq, since_ms).map_err(storage)?;
+        if let ItemState::InFlight { since_ms } = it.state {
+            t.in_flight.insert(seq, since_ms).map_err(storage)?;
         }
-    }
-    for head in &heads {
-        t.place(head)?;
+        if head {
+            t.place(seq, it.state, it.next_attempt_ms)?;
+        }
+        through = through.max(seq);
     }
     drop(t);
-    txn.open_table(META).map_err(storage)?.insert(LAYOUT_KEY, [LAYOUT].as_slice()).map_err(storage)?;
+    meta.insert(INDEXED_KEY, through.to_le_bytes().as_slice()).map_err(storage)?;
     Ok(())
 }
 
@@ -333,13 +348,14 @@ impl<'t> Tables<'t> {
     }
 
     /// Files a head: ready, or waiting out its backoff (nothing while it is in flight).
-    fn place(&mut self, head: &OutboxItem) -> Result<(), StandardError> {
-        self.unplace(head)?;
-        if head.state == ItemState::Pending {
-            if head.next_attempt_ms > 0 {
-                self.waiting.insert((head.next_attempt_ms, head.seq), ()).map_err(storage)?;
+    fn place(&mut self, seq: u64, state: ItemState, next_attempt_ms: i64) -> Result<(), StandardError> {
+        self.ready.remove(seq).map_err(storage)?;
+        self.waiting.remove((next_attempt_ms, seq)).map_err(storage)?;
+        if state == ItemState::Pending {
+            if next_attempt_ms > 0 {
+                self.waiting.insert((next_attempt_ms, seq), ()).map_err(storage)?;
             } else {
-                self.ready.insert(head.seq, ()).map_err(storage)?;
+                self.ready.insert(seq, ()).map_err(storage)?;
             }
         }
         Ok(())
@@ -350,7 +366,7 @@ impl<'t> Tables<'t> {
         if let Some(seq) = self.head(resource, id)?
             && let Some(head) = self.get(seq)?
         {
-            self.place(&head)?;
+            self.place(head.seq, head.state, head.next_attempt_ms)?;
         }
         Ok(())
     }
@@ -372,9 +388,12 @@ fn row_seq(row: &[u8]) -> Result<u64, StandardError> {
 }
 
 /// Queues a frame's writes, inside its transaction: the tables stay open from the first
-/// write to the last, and each write costs one item, its idempotency key and its index rows.
+/// write to the last, and each write costs one item and its idempotency key. (The index
+/// rows follow in the next transaction that reads the indexes: see [`INDEXED_KEY`].)
 pub struct Enqueuer<'t> {
-    t: Tables<'t>,
+    items: redb::Table<'t, u64, &'static [u8]>,
+    keys: redb::Table<'t, &'static str, u64>,
+    key: String,
     meta: redb::Table<'t, &'static str, &'static [u8]>,
     own: redb::Table<'t, &'static str, (u64, u64)>,
     next_seq: u64,
@@ -387,11 +406,15 @@ impl<'t> Enqueuer<'t> {
     /// Opens the outbox in the caller's transaction (building its indexes first if the file
     /// has none yet).
     pub fn new(txn: &'t WriteTransaction, now_ms: i64) -> Result<Self, StandardError> {
-        ensure_layout(txn)?;
+        if !indexed(&txn.open_table(META).map_err(storage)?)? {
+            catch_up(txn)?;
+        }
         let meta = txn.open_table(META).map_err(storage)?;
         let next_seq = meta_u64(&meta, "next-seq")?.unwrap_or(1);
         Ok(Self {
-            t: Tables::open(txn)?,
+            items: txn.open_table(ITEMS).map_err(storage)?,
+            keys: txn.open_table(KEYS).map_err(storage)?,
+            key: String::new(),
             meta,
             own: txn.open_table(OWN).map_err(storage)?,
             next_seq,
@@ -418,18 +441,17 @@ impl<'t> Enqueuer<'t> {
             return Err(StandardError::invalid_write("a sync write needs its record's id"));
         };
         let seq = self.next_seq;
-        let t = &mut self.t;
-        key_into(&mut t.key, resource, &entry.item.meta.idempotency_key);
+        key_into(&mut self.key, resource, &entry.item.meta.idempotency_key);
         // One lookup for the usual case (a new key): insert, and put back a key queued already.
-        let queued = t.keys.insert(t.key.as_str(), seq).map_err(storage)?.map(|g| g.value());
+        let queued = self.keys.insert(self.key.as_str(), seq).map_err(storage)?.map(|g| g.value());
         if let Some(prev) = queued {
-            t.keys.insert(t.key.as_str(), prev).map_err(storage)?;
+            self.keys.insert(self.key.as_str(), prev).map_err(storage)?;
             return Ok(None);
         }
         let mut base = entry.item.base_version;
         if entry.action != WriteAction::Create && !commutative(entry) {
-            key_into(&mut t.key, resource, &entity_id);
-            let own = self.own.get(t.key.as_str()).map_err(storage)?.map(|v| v.value());
+            key_into(&mut self.key, resource, &entity_id);
+            let own = self.own.get(self.key.as_str()).map_err(storage)?.map(|v| v.value());
             if let Some((from, to)) = own
                 && (from..to).contains(&base.unwrap_or(0))
             {
@@ -438,14 +460,7 @@ impl<'t> Enqueuer<'t> {
         }
         let stored = stored.filter(|_| entry.action == WriteAction::Create || full_value(entry));
         codec::encode(&mut self.item, &codec::Header::new(self.now_ms), resource, &entity_id, entry, base, stored)?;
-        t.items.insert(seq, self.item.as_slice()).map_err(storage)?;
-        // The record's head if it has no other item queued.
-        let first = t.head(resource, &entity_id)?.is_none();
-        t.row(resource, &entity_id, seq);
-        t.by_record.insert(t.buf.as_slice(), ()).map_err(storage)?;
-        if first {
-            t.ready.insert(seq, ()).map_err(storage)?;
-        }
+        self.items.insert(seq, self.item.as_slice()).map_err(storage)?;
         self.next_seq += 1;
         self.queued += 1;
         Ok(Some(seq))
@@ -494,7 +509,7 @@ fn full_value(e: &WireWriteEntry) -> bool {
 /// the updates compacted into them).
 pub fn reserve(db: &Database, max: usize, now_ms: i64) -> Result<Vec<OutboxItem>, StandardError> {
     let txn = db.begin_write().map_err(storage)?;
-    ensure_layout(&txn)?;
+    catch_up(&txn)?;
     let mut out = Vec::new();
     {
         let mut t = Tables::open(&txn)?;
@@ -525,7 +540,7 @@ pub fn reserve(db: &Database, max: usize, now_ms: i64) -> Result<Vec<OutboxItem>
                 continue;
             }
             if head.next_attempt_ms > now_ms {
-                t.place(&head)?;
+                t.place(head.seq, head.state, head.next_attempt_ms)?;
                 continue;
             }
             t.unplace(&head)?;
@@ -566,7 +581,7 @@ pub fn settle(db: &Database, outcomes: &[(u64, Outcome)], max_attempts: u32) -> 
 /// [`settle`] inside the caller's transaction (with the local writebacks of the acks). Reads
 /// only the settled items (and, after an ack, the same record's later items, to rebase them).
 pub fn settle_in(txn: &WriteTransaction, outcomes: &[(u64, Outcome)], max_attempts: u32) -> Result<(), StandardError> {
-    ensure_layout(txn)?;
+    catch_up(txn)?;
     let mut t = Tables::open(txn)?;
     let mut dead = txn.open_table(DEAD).map_err(storage)?;
     let mut dead_changed = false;
@@ -630,7 +645,7 @@ fn bump_dead_generation(txn: &WriteTransaction) -> Result<(), StandardError> {
 /// overwritten by pulled changes until those items are pushed. (Reads the whole index: to
 /// ask about a few records, use [`queued_records`].)
 pub fn pending_records(txn: &WriteTransaction) -> Result<HashSet<(String, String)>, StandardError> {
-    ensure_layout(txn)?;
+    catch_up(txn)?;
     let table = txn.open_table(BY_RECORD).map_err(storage)?;
     let mut out = HashSet::new();
     for row in table.iter().map_err(storage)? {
@@ -661,7 +676,7 @@ impl QueuedRecords<'_> {
 
 /// Opens [`QueuedRecords`] in the caller's transaction.
 pub fn queued_records(txn: &WriteTransaction) -> Result<QueuedRecords<'_>, StandardError> {
-    ensure_layout(txn)?;
+    catch_up(txn)?;
     Ok(QueuedRecords { table: txn.open_table(BY_RECORD).map_err(storage)?, buf: Vec::new() })
 }
 
@@ -669,7 +684,7 @@ pub fn queued_records(txn: &WriteTransaction) -> Result<QueuedRecords<'_>, Stand
 /// pass `i64::MAX`). Returns how many.
 pub fn recover(db: &Database, older_than_ms: i64) -> Result<usize, StandardError> {
     let txn = db.begin_write().map_err(storage)?;
-    ensure_layout(&txn)?;
+    catch_up(&txn)?;
     let mut n = 0;
     {
         let mut t = Tables::open(&txn)?;
@@ -718,7 +733,7 @@ pub fn dead_letters(db: &Database) -> Result<Vec<DeadLetter>, StandardError> {
 /// Puts a dead letter back in the outbox (as pending, attempts reset), or drops it.
 pub fn resolve_dead(db: &Database, seq: u64, retry: bool) -> Result<bool, StandardError> {
     let txn = db.begin_write().map_err(storage)?;
-    ensure_layout(&txn)?;
+    catch_up(&txn)?;
     let found = {
         let letter: Option<DeadLetter> = match txn.open_table(DEAD).map_err(storage)?.remove(seq).map_err(storage)? {
             Some(v) => Some(dec(v.value())?),
@@ -772,7 +787,7 @@ pub(crate) fn stats_and_dead_generation(db: &Database) -> Result<(OutboxStats, u
         Some(m) => (
             meta_u64(m, "next-seq")?.unwrap_or(1).saturating_sub(1),
             meta_u64(m, DEAD_GENERATION)?.unwrap_or(0),
-            layout_ready(m)?,
+            indexed(m)?,
         ),
         None => (0, 0, false),
     };

@@ -231,6 +231,39 @@ pub(super) fn decode(seq: u64, bytes: &[u8]) -> Result<OutboxItem, StandardError
     }
 }
 
+/// What the indexes need of an item: its record and where it is.
+pub(super) struct Brief {
+    pub resource: String,
+    pub entity_id: String,
+    pub state: ItemState,
+    pub next_attempt_ms: i64,
+}
+
+/// Decodes only an item's [`Brief`] (format 2: its header; older JSON items: all of it).
+pub(super) fn decode_brief(seq: u64, bytes: &[u8]) -> Result<Brief, StandardError> {
+    if bytes.first() != Some(&FORMAT_2) {
+        let it = decode(seq, bytes)?;
+        return Ok(Brief {
+            resource: it.resource,
+            entity_id: it.entity_id,
+            state: it.state,
+            next_attempt_ms: it.next_attempt_ms,
+        });
+    }
+    let mut r = Reader { b: &bytes[1..], seq };
+    let flags = r.u8()?;
+    let since_ms = r.i64()?;
+    let _attempts = r.u32()?;
+    let next_attempt_ms = r.i64()?;
+    let _created_ms = r.i64()?;
+    Ok(Brief {
+        resource: r.string("resource")?,
+        entity_id: r.string("record id")?,
+        state: if flags & IN_FLIGHT != 0 { ItemState::InFlight { since_ms } } else { ItemState::Pending },
+        next_attempt_ms,
+    })
+}
+
 fn decode_2(seq: u64, bytes: &[u8]) -> Result<OutboxItem, StandardError> {
     let mut r = Reader { b: bytes, seq };
     let flags = r.u8()?;
