@@ -10,9 +10,11 @@
 //!      points at a port nothing listens on (the writes stay queued, as offline).
 //!
 //!   Then where the time goes: a bare redb commit (its fsync), each call of a run as the
-//!   outbox grows, and `outbox::stats` over the outbox the run left (the engine reports the
-//!   counts after every write). Target: at least 200,000 writes/s with one transaction per
-//!   frame.
+//!   outbox grows, `outbox::stats` over the outbox the run left (the engine reports the
+//!   counts after every write), and the push lane's first reserve over it (which indexes the
+//!   items the frames appended). Next to them, the `local` route's redb side alone
+//!   (`LocalExecutor::write_now`, same entries, no outbox). Target: at least 200,000 writes/s
+//!   with one transaction per frame.
 //! - **(b) write-on-A to visible-on-B latency** over loopback: two apps on the `sync` route
 //!   (full mode) and one server. A creates one record; both apps' frames run 1 ms apart
 //!   until B's store holds it. Each stage is stamped at frame granularity: A's

@@ -100,7 +100,6 @@ fn action_byte(a: WriteAction) -> u8 {
 
 /// Encodes an item into `buf` (cleared first). `base_version` replaces the entry's; `value`,
 /// when given, is the JSON of the entry's value, already encoded (it must be equivalent).
-#[expect(clippy::too_many_arguments, reason = "the parts of an item, borrowed from where they live")]
 pub(super) fn encode(
     buf: &mut Vec<u8>,
     header: &Header,
