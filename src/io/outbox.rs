@@ -9,7 +9,9 @@
 //!
 //! Nothing here reads the whole outbox: indexes (by record, the pending heads, the items in
 //! flight) let a write, a push and a settle touch only their own items, and the counts are
-//! table lengths. A file written before the indexes gets them the first time it is written.
+//! table lengths. A frame's transaction only appends items; the next transaction that reads
+//! the indexes indexes them. A file written before the indexes gets them the same way, the
+//! first time it is written.
 
 use std::collections::HashSet;
 
@@ -247,7 +249,8 @@ fn catch_up(txn: &WriteTransaction) -> Result<(), StandardError> {
 
 /// The outbox's tables, open in a write transaction.
 ///
-/// The indexes, kept exact by every change:
+/// The indexes, exact for every item up to [`INDEXED_KEY`] (every change after [`catch_up`]
+/// keeps them so):
 /// - [`BY_RECORD`]: every item under its record, in write order. A record's *head* is its
 ///   oldest item — the only one that may be in flight.
 /// - [`READY`] / [`WAITING`]: the heads that are pending, by sequence number (or, while
