@@ -298,24 +298,11 @@ fn outbox_left(dir: &Path) -> (u64, u64) {
 
 /// Outbox items a kill left behind, and how many of them were in flight (pushed, unanswered).
 fn outbox_after_kill(dir: &Path) -> (usize, usize) {
-    use redb::{ReadableDatabase, ReadableTable, TableDefinition};
     let db = redb::Database::open(dir.join("atoma.redb")).expect("the client file opens after the kill");
-    let txn = db.begin_read().expect("a read");
-    let table = match txn.open_table(TableDefinition::<u64, &[u8]>::new("sync/outbox")) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return (0, 0),
-        Err(e) => panic!("the outbox: {e}"),
-    };
-    let (mut items, mut in_flight) = (0, 0);
-    for row in table.iter().expect("the outbox reads") {
-        let (_, v) = row.expect("an outbox row");
-        let item: Json = serde_json::from_slice(v.value()).expect("an outbox item decodes");
-        items += 1;
-        if item.get("state").and_then(|s| s.get("inFlight")).is_some() {
-            in_flight += 1;
-        }
-    }
-    (items, in_flight)
+    // Every item, read and decoded one by one (not the outbox's own counts).
+    let items = atoma::io::outbox::items(&db).expect("the outbox reads");
+    let in_flight = items.iter().filter(|i| matches!(i.state, atoma::io::outbox::ItemState::InFlight { .. })).count();
+    (items.len(), in_flight)
 }
 
 fn gold(m: &Map<String, Json>) -> u64 {

@@ -120,9 +120,21 @@ fn table_name(resource: &str) -> String {
 }
 
 fn encode(version: u64, value: &serde_json::Map<String, serde_json::Value>) -> Result<Vec<u8>, StandardError> {
-    let mut out = version.to_le_bytes().to_vec();
-    serde_json::to_writer(&mut out, value).map_err(|e| StandardError::internal(format!("encoding a record: {e}")))?;
+    let mut out = Vec::new();
+    encode_into(&mut out, version, value)?;
     Ok(out)
+}
+
+/// Encodes a record row (`version ‖ JSON`) into `buf`, reusing its allocation; the JSON is
+/// `buf[8..]`.
+fn encode_into(
+    buf: &mut Vec<u8>,
+    version: u64,
+    value: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), StandardError> {
+    buf.clear();
+    buf.extend_from_slice(&version.to_le_bytes());
+    serde_json::to_writer(&mut *buf, value).map_err(|e| StandardError::internal(format!("encoding a record: {e}")))
 }
 
 fn decode(key: &str, bytes: &[u8]) -> Result<Stored, StandardError> {
@@ -144,10 +156,63 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn replay_time_key(ms: u64, key: &str) -> Vec<u8> {
-    let mut k = ms.to_be_bytes().to_vec();
-    k.extend_from_slice(key.as_bytes());
-    k
+fn replay_time_key(buf: &mut Vec<u8>, ms: u64, key: &str) {
+    buf.clear();
+    buf.extend_from_slice(&ms.to_be_bytes());
+    buf.extend_from_slice(key.as_bytes());
+}
+
+/// The first byte of a replay row in the compact layout: `1 ‖ flags ‖ version:u64 ‖
+/// entity id (u32 length ‖ bytes) ‖ data JSON (the rest)`. Older files hold the JSON of the
+/// `WriteItemResult` (first byte `{`), still read.
+const REPLAY_FORMAT_1: u8 = 1;
+const REPLAY_VERSION: u8 = 1;
+const REPLAY_DATA: u8 = 2;
+const REPLAY_ENTITY: u8 = 4;
+
+/// Encodes the result of an applied write for replays (its entry id is the caller's).
+fn encode_replay(buf: &mut Vec<u8>, r: &WriteItemResult) -> Result<(), StandardError> {
+    buf.clear();
+    buf.push(REPLAY_FORMAT_1);
+    let flags = if r.version.is_some() { REPLAY_VERSION } else { 0 }
+        | if r.data.is_some() { REPLAY_DATA } else { 0 }
+        | if r.entity_id.is_some() { REPLAY_ENTITY } else { 0 };
+    buf.push(flags);
+    buf.extend_from_slice(&r.version.unwrap_or(0).to_le_bytes());
+    let id = r.entity_id.as_deref().unwrap_or("");
+    let n = u32::try_from(id.len()).map_err(|_| StandardError::invalid_write("a record id longer than 4 GiB"))?;
+    buf.extend_from_slice(&n.to_le_bytes());
+    buf.extend_from_slice(id.as_bytes());
+    if let Some(d) = &r.data {
+        serde_json::to_writer(&mut *buf, d).map_err(|e| StandardError::internal(format!("encoding a replay: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Decodes a replay row (either layout); `None` if it is unreadable (the write then runs as
+/// a new one, as before).
+fn decode_replay(bytes: &[u8], entry_id: &str) -> Option<WriteItemResult> {
+    match bytes.split_first()? {
+        (&REPLAY_FORMAT_1, rest) => {
+            let (&flags, rest) = rest.split_first()?;
+            let (version, rest) = rest.split_first_chunk::<8>()?;
+            let (n, rest) = rest.split_first_chunk::<4>()?;
+            let (id, rest) = rest.split_at_checked(usize::try_from(u32::from_le_bytes(*n)).ok()?)?;
+            let data = if flags & REPLAY_DATA != 0 { Some(serde_json::from_slice(rest).ok()?) } else { None };
+            let entity_id = std::str::from_utf8(id).ok()?.to_owned();
+            let version = (flags & REPLAY_VERSION != 0).then(|| u64::from_le_bytes(*version));
+            let mut r = WriteItemResult::ok(entry_id.to_owned(), entity_id, version, data);
+            if flags & REPLAY_ENTITY == 0 {
+                r.entity_id = None;
+            }
+            Some(r)
+        }
+        _ => {
+            let mut r = serde_json::from_slice::<WriteItemResult>(bytes).ok()?;
+            r.entry_id = entry_id.to_owned();
+            Some(r)
+        }
+    }
 }
 
 /// Forgets up to `limit` idempotency keys stored at or before `cutoff_ms` (oldest first).
@@ -279,6 +344,8 @@ impl Db {
             // Forget more keys than this transaction can add, so expiry keeps up.
             let entries: usize = reqs.iter().map(|r| r.entries.len()).sum();
             expire_replays(&mut replays, &mut times, now.saturating_sub(window), 64 + 2 * entries)?;
+            // Reused for every entry: no allocation per write for its keys and rows.
+            let (mut key, mut row, mut replay, mut time_key) = (String::new(), Vec::new(), Vec::new(), Vec::new());
             for req in reqs {
                 if !valid_resource(&req.resource) {
                     return Err(StandardError::invalid_write(format!("bad resource name {:?}", req.resource)));
@@ -288,11 +355,13 @@ impl Db {
                 let mut table = txn.open_table(def).map_err(storage)?;
                 let mut results = Vec::with_capacity(req.entries.len());
                 for e in &req.entries {
-                    let key = format!("{}\u{0}{}", req.resource, e.item.meta.idempotency_key);
+                    key.clear();
+                    key.push_str(&req.resource);
+                    key.push('\u{0}');
+                    key.push_str(&e.item.meta.idempotency_key);
                     if let Some(prev) = replays.get(key.as_str()).map_err(storage)?
-                        && let Ok(mut r) = serde_json::from_slice::<WriteItemResult>(prev.value())
+                        && let Some(r) = decode_replay(prev.value(), &e.entry_id)
                     {
-                        r.entry_id = e.entry_id.clone();
                         results.push(r);
                         continue;
                     }
@@ -307,29 +376,26 @@ impl Db {
                     let r = match apply_entry(e, cur.as_ref(), || format!("l{}", e.item.meta.idempotency_key)) {
                         Ok(applied) => {
                             let returning = e.options.as_ref().and_then(|o| o.returning) == Some(true);
-                            match &applied.next {
+                            let (version, data) = match applied.next {
                                 Some(n) => {
-                                    table
-                                        .insert(applied.id.as_str(), encode(n.version, &n.value)?.as_slice())
-                                        .map_err(storage)?;
+                                    encode_into(&mut row, n.version, &n.value)?;
+                                    table.insert(applied.id.as_str(), row.as_slice()).map_err(storage)?;
+                                    (Some(n.version), returning.then(|| with_version(n.value, n.version)))
                                 }
                                 None => {
                                     table.remove(applied.id.as_str()).map_err(storage)?;
+                                    (None, None)
                                 }
-                            }
-                            let data = applied
-                                .next
-                                .as_ref()
-                                .filter(|_| returning)
-                                .map(|n| with_version(n.value.clone(), n.version));
-                            WriteItemResult::ok(e.entry_id.clone(), applied.id, applied.next.map(|n| n.version), data)
+                            };
+                            WriteItemResult::ok(e.entry_id.clone(), applied.id, version, data)
                         }
                         Err((error, current)) => WriteItemResult::err(e.entry_id.clone(), error, current),
                     };
                     if r.ok {
-                        let bytes = serde_json::to_vec(&r).map_err(|e| StandardError::internal(e.to_string()))?;
-                        replays.insert(key.as_str(), bytes.as_slice()).map_err(storage)?;
-                        times.insert(replay_time_key(now, &key).as_slice(), ()).map_err(storage)?;
+                        encode_replay(&mut replay, &r)?;
+                        replays.insert(key.as_str(), replay.as_slice()).map_err(storage)?;
+                        replay_time_key(&mut time_key, now, &key);
+                        times.insert(time_key.as_slice(), ()).map_err(storage)?;
                     }
                     results.push(r);
                 }
@@ -394,3 +460,24 @@ impl Executor for LocalExecutor {
 }
 
 mod sync_support;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replays_round_trip_and_older_json_rows_still_read() {
+        let mut buf = Vec::new();
+        for r in [
+            WriteItemResult::ok("e1".into(), "p1".into(), Some(3), Some(serde_json::json!({"id": "p1", "version": 3}))),
+            WriteItemResult::ok("e1".into(), "p1".into(), None, None),
+        ] {
+            encode_replay(&mut buf, &r).expect("encodes");
+            assert_eq!(decode_replay(&buf, "e1"), Some(r.clone()));
+            let json = serde_json::to_vec(&WriteItemResult { entry_id: "old".into(), ..r.clone() }).expect("json");
+            assert_eq!(decode_replay(&json, "e1"), Some(r), "a row written before the compact layout");
+        }
+        assert_eq!(decode_replay(&[REPLAY_FORMAT_1, 0, 1], "e1"), None, "truncated: not a replay");
+        assert_eq!(decode_replay(b"", "e1"), None);
+    }
+}

@@ -6,21 +6,50 @@
 //! the server in order. Pending full-value updates of one record are compacted; an ack rebases
 //! the record's later items on the new version; a reject or a write that keeps failing goes to
 //! the dead letters, which the game can inspect, retry or drop.
+//!
+//! Nothing here reads the whole outbox: indexes (by record, the pending heads, the items in
+//! flight) let a write, a push and a settle touch only their own items, and the counts are
+//! table lengths. A frame's transaction only appends items; the next transaction that reads
+//! the indexes indexes them. A file written before the indexes gets them the same way, the
+//! first time it is written.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle, WriteTransaction,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::core::WriteAction;
 use crate::protocol::{Current, StandardError, WireWriteEntry, entry_target};
 
+mod codec;
+
+/// The items, by sequence number ([`codec`]: format 2, or the JSON of older files).
 const ITEMS: TableDefinition<u64, &[u8]> = TableDefinition::new("sync/outbox");
+/// `resource \0 idempotency key` → sequence number: a repeated write is queued once.
 const KEYS: TableDefinition<&str, u64> = TableDefinition::new("sync/outbox-keys");
 const DEAD: TableDefinition<u64, &[u8]> = TableDefinition::new("sync/dead-letters");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("sync/meta");
 const DEFERRED: TableDefinition<&str, &[u8]> = TableDefinition::new("sync/deferred");
 const OWN: TableDefinition<&str, (u64, u64)> = TableDefinition::new("sync/own-versions");
+/// Index: `len ‖ resource ‖ len ‖ id ‖ seq` (big-endian) → (): each record's items in order.
+const BY_RECORD: TableDefinition<&[u8], ()> = TableDefinition::new("sync/outbox-by-record");
+/// Index: the pending heads that may go now, by sequence number.
+const READY: TableDefinition<u64, ()> = TableDefinition::new("sync/outbox-ready");
+/// Index: the pending heads waiting out a backoff, by (when it ends, sequence number).
+const WAITING: TableDefinition<(i64, u64), ()> = TableDefinition::new("sync/outbox-waiting");
+/// Index: the items in flight → when they were reserved.
+const IN_FLIGHT: TableDefinition<u64, i64> = TableDefinition::new("sync/outbox-in-flight");
+
+/// The `sync/meta` row holding the highest sequence number the indexes cover. A frame's
+/// transaction only appends items (and their idempotency keys); the next transaction that
+/// reads the indexes — a push's reserve, a settle, a pull — indexes the items appended
+/// since, once each. Files written before the indexes have no such row: everything is
+/// indexed the first time.
+const INDEXED_KEY: &str = "indexed-through";
+/// The `sync/meta` row counting changes to the dead letters.
+const DEAD_GENERATION: &str = "dead-generation";
 
 /// Where an item is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,6 +152,330 @@ fn dec<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, StandardError> {
     serde_json::from_slice(b).map_err(|e| StandardError::adapter("CORRUPT_OUTBOX", format!("outbox item: {e}")))
 }
 
+fn bad_meta(what: &str) -> StandardError {
+    StandardError::adapter("CORRUPT_OUTBOX", format!("outbox: a bad {what} in sync/meta"))
+}
+
+fn meta_u64(meta: &impl ReadableTable<&'static str, &'static [u8]>, key: &str) -> Result<Option<u64>, StandardError> {
+    match meta.get(key).map_err(storage)? {
+        Some(v) => Ok(Some(u64::from_le_bytes(v.value().try_into().map_err(|_| bad_meta(key))?))),
+        None => Ok(None),
+    }
+}
+
+/// The idempotency-key row of a write: `resource \0 key`.
+fn key_into(buf: &mut String, resource: &str, idempotency_key: &str) {
+    buf.clear();
+    buf.push_str(resource);
+    buf.push('\u{0}');
+    buf.push_str(idempotency_key);
+}
+
+/// The prefix of a record's rows in [`BY_RECORD`]: both parts length-prefixed, so no record's
+/// prefix is a prefix of another's.
+fn record_prefix(buf: &mut Vec<u8>, resource: &str, id: &str) {
+    buf.clear();
+    buf.extend_from_slice(&(resource.len() as u64).to_be_bytes());
+    buf.extend_from_slice(resource.as_bytes());
+    buf.extend_from_slice(&(id.len() as u64).to_be_bytes());
+    buf.extend_from_slice(id.as_bytes());
+}
+
+/// `(resource, id)` of a [`BY_RECORD`] row, and its sequence number.
+fn split_record_row(row: &[u8]) -> Option<(String, String, u64)> {
+    let (n, rest) = row.split_first_chunk::<8>()?;
+    let (resource, rest) = rest.split_at_checked(usize::try_from(u64::from_be_bytes(*n)).ok()?)?;
+    let (n, rest) = rest.split_first_chunk::<8>()?;
+    let (id, rest) = rest.split_at_checked(usize::try_from(u64::from_be_bytes(*n)).ok()?)?;
+    let seq: [u8; 8] = rest.try_into().ok()?;
+    Some((
+        std::str::from_utf8(resource).ok()?.to_owned(),
+        std::str::from_utf8(id).ok()?.to_owned(),
+        u64::from_be_bytes(seq),
+    ))
+}
+
+/// Whether the indexes exist (read side: never builds them).
+fn indexed(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<bool, StandardError> {
+    Ok(meta_u64(meta, INDEXED_KEY)?.is_some())
+}
+
+/// Brings the indexes up to date: indexes the items appended since the last time (reading
+/// only their headers), or — on a file written before the indexes — every item, once.
+fn catch_up(txn: &WriteTransaction) -> Result<(), StandardError> {
+    let mut meta = txn.open_table(META).map_err(storage)?;
+    let through = meta_u64(&meta, INDEXED_KEY)?;
+    let last_seq = meta_u64(&meta, "next-seq")?.unwrap_or(1).saturating_sub(1);
+    let from = match through {
+        Some(s) if s >= last_seq => return Ok(()),
+        Some(s) => s,
+        None => {
+            // No index yet: start from nothing.
+            txn.delete_table(BY_RECORD).map_err(storage)?;
+            txn.delete_table(READY).map_err(storage)?;
+            txn.delete_table(WAITING).map_err(storage)?;
+            txn.delete_table(IN_FLIGHT).map_err(storage)?;
+            0
+        }
+    };
+    let mut t = Tables::open(txn)?;
+    let tail = t
+        .items
+        .range(from.saturating_add(1)..)
+        .map_err(storage)?
+        .map(|row| {
+            let (k, v) = row.map_err(storage)?;
+            Ok((k.value(), codec::decode_brief(k.value(), v.value())?))
+        })
+        .collect::<Result<Vec<_>, StandardError>>()?;
+    let mut through = from.max(last_seq);
+    for (seq, it) in tail {
+        // The record's head if nothing of it was queued before.
+        let head = t.head(&it.resource, &it.entity_id)?.is_none();
+        t.row(&it.resource, &it.entity_id, seq);
+        t.by_record.insert(t.buf.as_slice(), ()).map_err(storage)?;
+        if let ItemState::InFlight { since_ms } = it.state {
+            t.in_flight.insert(seq, since_ms).map_err(storage)?;
+        }
+        if head {
+            t.place(seq, it.state, it.next_attempt_ms)?;
+        }
+        through = through.max(seq);
+    }
+    drop(t);
+    meta.insert(INDEXED_KEY, through.to_le_bytes().as_slice()).map_err(storage)?;
+    Ok(())
+}
+
+/// The outbox's tables, open in a write transaction.
+///
+/// The indexes, exact for every item up to [`INDEXED_KEY`] (every change after [`catch_up`]
+/// keeps them so):
+/// - [`BY_RECORD`]: every item under its record, in write order. A record's *head* is its
+///   oldest item — the only one that may be in flight.
+/// - [`READY`] / [`WAITING`]: the heads that are pending, by sequence number (or, while
+///   they wait out a backoff, by the time it ends). A push reads only the items it takes.
+/// - [`IN_FLIGHT`]: the items pushed and not answered, with when they were pushed.
+///
+/// The counts come from the tables' lengths (redb keeps them): no scan.
+struct Tables<'t> {
+    items: redb::Table<'t, u64, &'static [u8]>,
+    keys: redb::Table<'t, &'static str, u64>,
+    by_record: redb::Table<'t, &'static [u8], ()>,
+    ready: redb::Table<'t, u64, ()>,
+    waiting: redb::Table<'t, (i64, u64), ()>,
+    in_flight: redb::Table<'t, u64, i64>,
+    /// Scratch space (reused: no allocation per write).
+    buf: Vec<u8>,
+    lo: Vec<u8>,
+    hi: Vec<u8>,
+    key: String,
+}
+
+impl<'t> Tables<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Self, StandardError> {
+        Ok(Self {
+            items: txn.open_table(ITEMS).map_err(storage)?,
+            keys: txn.open_table(KEYS).map_err(storage)?,
+            by_record: txn.open_table(BY_RECORD).map_err(storage)?,
+            ready: txn.open_table(READY).map_err(storage)?,
+            waiting: txn.open_table(WAITING).map_err(storage)?,
+            in_flight: txn.open_table(IN_FLIGHT).map_err(storage)?,
+            buf: Vec::new(),
+            lo: Vec::new(),
+            hi: Vec::new(),
+            key: String::new(),
+        })
+    }
+
+    fn get(&self, seq: u64) -> Result<Option<OutboxItem>, StandardError> {
+        match self.items.get(seq).map_err(storage)? {
+            Some(v) => codec::decode(seq, v.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn put(&mut self, item: &OutboxItem) -> Result<(), StandardError> {
+        codec::encode_item(&mut self.buf, item)?;
+        self.items.insert(item.seq, self.buf.as_slice()).map_err(storage)?;
+        Ok(())
+    }
+
+    /// Sets `lo ..= hi` to the rows of a record.
+    fn bounds(&mut self, resource: &str, id: &str) {
+        record_prefix(&mut self.lo, resource, id);
+        self.hi.clear();
+        self.hi.extend_from_slice(&self.lo);
+        self.lo.extend_from_slice(&[0; 8]);
+        self.hi.extend_from_slice(&[0xff; 8]);
+    }
+
+    /// Sets `buf` to an item's row in [`BY_RECORD`].
+    fn row(&mut self, resource: &str, id: &str, seq: u64) {
+        record_prefix(&mut self.buf, resource, id);
+        self.buf.extend_from_slice(&seq.to_be_bytes());
+    }
+
+    /// A record's items' sequence numbers, oldest first.
+    fn record_seqs(&mut self, resource: &str, id: &str) -> Result<Vec<u64>, StandardError> {
+        self.bounds(resource, id);
+        let mut out = Vec::new();
+        for row in self.by_record.range::<&[u8]>(self.lo.as_slice()..=self.hi.as_slice()).map_err(storage)? {
+            let (k, _) = row.map_err(storage)?;
+            out.push(row_seq(k.value())?);
+        }
+        Ok(out)
+    }
+
+    /// A record's head.
+    fn head(&mut self, resource: &str, id: &str) -> Result<Option<u64>, StandardError> {
+        self.bounds(resource, id);
+        let first = self.by_record.range::<&[u8]>(self.lo.as_slice()..=self.hi.as_slice()).map_err(storage)?.next();
+        match first {
+            Some(row) => Ok(Some(row_seq(row.map_err(storage)?.0.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn index(&mut self, item: &OutboxItem) -> Result<(), StandardError> {
+        self.row(&item.resource, &item.entity_id, item.seq);
+        self.by_record.insert(self.buf.as_slice(), ()).map_err(storage)?;
+        Ok(())
+    }
+
+    /// Takes an item out of the ready / waiting heads.
+    fn unplace(&mut self, item: &OutboxItem) -> Result<(), StandardError> {
+        self.ready.remove(item.seq).map_err(storage)?;
+        self.waiting.remove((item.next_attempt_ms, item.seq)).map_err(storage)?;
+        Ok(())
+    }
+
+    /// Files a head: ready, or waiting out its backoff (nothing while it is in flight).
+    fn place(&mut self, seq: u64, state: ItemState, next_attempt_ms: i64) -> Result<(), StandardError> {
+        self.ready.remove(seq).map_err(storage)?;
+        self.waiting.remove((next_attempt_ms, seq)).map_err(storage)?;
+        if state == ItemState::Pending {
+            if next_attempt_ms > 0 {
+                self.waiting.insert((next_attempt_ms, seq), ()).map_err(storage)?;
+            } else {
+                self.ready.insert(seq, ()).map_err(storage)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Files a record's head after its items changed.
+    fn refresh_head(&mut self, resource: &str, id: &str) -> Result<(), StandardError> {
+        if let Some(seq) = self.head(resource, id)?
+            && let Some(head) = self.get(seq)?
+        {
+            self.place(head.seq, head.state, head.next_attempt_ms)?;
+        }
+        Ok(())
+    }
+
+    /// Removes an item and every index row of it.
+    fn remove(&mut self, item: &OutboxItem) -> Result<(), StandardError> {
+        self.items.remove(item.seq).map_err(storage)?;
+        key_into(&mut self.key, &item.resource, &item.entry.item.meta.idempotency_key);
+        self.keys.remove(self.key.as_str()).map_err(storage)?;
+        self.row(&item.resource, &item.entity_id, item.seq);
+        self.by_record.remove(self.buf.as_slice()).map_err(storage)?;
+        self.in_flight.remove(item.seq).map_err(storage)?;
+        self.unplace(item)
+    }
+}
+
+fn row_seq(row: &[u8]) -> Result<u64, StandardError> {
+    row.last_chunk::<8>().map(|s| u64::from_be_bytes(*s)).ok_or_else(|| bad_meta("record index row"))
+}
+
+/// Queues a frame's writes, inside its transaction: the tables stay open from the first
+/// write to the last, and each write costs one item and its idempotency key. (The index
+/// rows follow in the next transaction that reads the indexes: see [`INDEXED_KEY`].)
+pub struct Enqueuer<'t> {
+    items: redb::Table<'t, u64, &'static [u8]>,
+    keys: redb::Table<'t, &'static str, u64>,
+    key: String,
+    meta: redb::Table<'t, &'static str, &'static [u8]>,
+    own: redb::Table<'t, &'static str, (u64, u64)>,
+    next_seq: u64,
+    now_ms: i64,
+    item: Vec<u8>,
+    queued: usize,
+}
+
+impl<'t> Enqueuer<'t> {
+    /// Opens the outbox in the caller's transaction (building its indexes first if the file
+    /// has none yet).
+    pub fn new(txn: &'t WriteTransaction, now_ms: i64) -> Result<Self, StandardError> {
+        if !indexed(&txn.open_table(META).map_err(storage)?)? {
+            catch_up(txn)?;
+        }
+        let meta = txn.open_table(META).map_err(storage)?;
+        let next_seq = meta_u64(&meta, "next-seq")?.unwrap_or(1);
+        Ok(Self {
+            items: txn.open_table(ITEMS).map_err(storage)?,
+            keys: txn.open_table(KEYS).map_err(storage)?,
+            key: String::new(),
+            meta,
+            own: txn.open_table(OWN).map_err(storage)?,
+            next_seq,
+            now_ms,
+            item: Vec::new(),
+            queued: 0,
+        })
+    }
+
+    /// Queues one write (skipped if its idempotency key is queued already): returns its
+    /// sequence number. `stored` may be the JSON of the record as the write left it locally;
+    /// a full-value write then carries those bytes instead of encoding its value again (the
+    /// server reads the same record from both).
+    ///
+    /// Its base version is rebased on this client's own acked versions (see
+    /// [`rebase_on_own_versions`]).
+    pub fn push(
+        &mut self,
+        resource: &str,
+        entry: &WireWriteEntry,
+        stored: Option<&[u8]>,
+    ) -> Result<Option<u64>, StandardError> {
+        let Some(entity_id) = entry_target(entry) else {
+            return Err(StandardError::invalid_write("a sync write needs its record's id"));
+        };
+        let seq = self.next_seq;
+        key_into(&mut self.key, resource, &entry.item.meta.idempotency_key);
+        // One lookup for the usual case (a new key): insert, and put back a key queued already.
+        let queued = self.keys.insert(self.key.as_str(), seq).map_err(storage)?.map(|g| g.value());
+        if let Some(prev) = queued {
+            self.keys.insert(self.key.as_str(), prev).map_err(storage)?;
+            return Ok(None);
+        }
+        let mut base = entry.item.base_version;
+        if entry.action != WriteAction::Create && !commutative(entry) {
+            key_into(&mut self.key, resource, &entity_id);
+            let own = self.own.get(self.key.as_str()).map_err(storage)?.map(|v| v.value());
+            if let Some((from, to)) = own
+                && (from..to).contains(&base.unwrap_or(0))
+            {
+                base = Some(to);
+            }
+        }
+        let stored = stored.filter(|_| entry.action == WriteAction::Create || full_value(entry));
+        codec::encode(&mut self.item, &codec::Header::new(self.now_ms), resource, &entity_id, entry, base, stored)?;
+        self.items.insert(seq, self.item.as_slice()).map_err(storage)?;
+        self.next_seq += 1;
+        self.queued += 1;
+        Ok(Some(seq))
+    }
+
+    /// Stores the next sequence number; returns how many writes were queued.
+    pub fn finish(mut self) -> Result<usize, StandardError> {
+        self.meta.insert("next-seq", self.next_seq.to_le_bytes().as_slice()).map_err(storage)?;
+        Ok(self.queued)
+    }
+}
+
 /// Queues write entries inside the caller's transaction (the frame's). Entries whose
 /// idempotency key is queued already are skipped. Returns the sequence numbers used.
 pub fn enqueue(
@@ -131,69 +484,13 @@ pub fn enqueue(
     entries: &[WireWriteEntry],
     now_ms: i64,
 ) -> Result<Vec<u64>, StandardError> {
-    let mut items = txn.open_table(ITEMS).map_err(storage)?;
-    let mut keys = txn.open_table(KEYS).map_err(storage)?;
-    let mut meta = txn.open_table(META).map_err(storage)?;
-    let mut seq = match meta.get("next-seq").map_err(storage)? {
-        Some(v) => u64::from_le_bytes(
-            v.value().try_into().map_err(|_| StandardError::adapter("CORRUPT_OUTBOX", "bad sequence"))?,
-        ),
-        None => 1,
-    };
+    let mut q = Enqueuer::new(txn, now_ms)?;
     let mut used = Vec::with_capacity(entries.len());
     for e in entries {
-        let key = format!("{resource}\u{0}{}", e.item.meta.idempotency_key);
-        if keys.get(key.as_str()).map_err(storage)?.is_some() {
-            continue;
-        }
-        let Some(entity_id) = entry_target(e) else {
-            return Err(StandardError::invalid_write("a sync write needs its record's id"));
-        };
-        let item = OutboxItem {
-            seq,
-            resource: resource.to_owned(),
-            entity_id,
-            entry: e.clone(),
-            state: ItemState::Pending,
-            attempts: 0,
-            next_attempt_ms: 0,
-            created_ms: now_ms,
-            sent: false,
-        };
-        items.insert(seq, enc(&item)?.as_slice()).map_err(storage)?;
-        keys.insert(key.as_str(), seq).map_err(storage)?;
-        used.push(seq);
-        seq += 1;
+        used.extend(q.push(resource, e, None)?);
     }
-    meta.insert("next-seq", seq.to_le_bytes().as_slice()).map_err(storage)?;
+    q.finish()?;
     Ok(used)
-}
-
-fn all_items(txn: &WriteTransaction) -> Result<Vec<OutboxItem>, StandardError> {
-    items_of(&txn.open_table(ITEMS).map_err(storage)?)
-}
-
-fn items_of(table: &impl ReadableTable<u64, &'static [u8]>) -> Result<Vec<OutboxItem>, StandardError> {
-    let mut out = Vec::new();
-    for row in table.iter().map_err(storage)? {
-        let (_, v) = row.map_err(storage)?;
-        out.push(dec::<OutboxItem>(v.value())?);
-    }
-    Ok(out)
-}
-
-fn put(txn: &WriteTransaction, item: &OutboxItem) -> Result<(), StandardError> {
-    let mut items = txn.open_table(ITEMS).map_err(storage)?;
-    items.insert(item.seq, enc(item)?.as_slice()).map_err(storage)?;
-    Ok(())
-}
-
-fn remove(txn: &WriteTransaction, item: &OutboxItem) -> Result<(), StandardError> {
-    let mut items = txn.open_table(ITEMS).map_err(storage)?;
-    items.remove(item.seq).map_err(storage)?;
-    let mut keys = txn.open_table(KEYS).map_err(storage)?;
-    keys.remove(format!("{}\u{0}{}", item.resource, item.entry.item.meta.idempotency_key).as_str()).map_err(storage)?;
-    Ok(())
 }
 
 /// A patch of commutative ops sent without a base version: it never needs one.
@@ -211,51 +508,62 @@ fn full_value(e: &WireWriteEntry) -> bool {
 
 /// Reserves up to `max` items to push: per record only its oldest item, and only when it is
 /// not in flight or waiting out a backoff. A record's later full-value updates are compacted
-/// into the oldest first (one write instead of many).
+/// into the oldest first (one write instead of many). Reads only the items it takes (and
+/// the updates compacted into them).
 pub fn reserve(db: &Database, max: usize, now_ms: i64) -> Result<Vec<OutboxItem>, StandardError> {
     let txn = db.begin_write().map_err(storage)?;
+    catch_up(&txn)?;
     let mut out = Vec::new();
     {
-        let items = all_items(&txn)?;
-        let mut by_record: HashMap<(String, String), Vec<OutboxItem>> = HashMap::new();
-        let mut order: Vec<(String, String)> = Vec::new();
-        for it in items {
-            let k = (it.resource.clone(), it.entity_id.clone());
-            by_record.entry(k.clone()).or_insert_with(|| {
-                order.push(k.clone());
-                Vec::new()
-            });
-            if let Some(v) = by_record.get_mut(&k) {
-                v.push(it);
-            }
+        let mut t = Tables::open(&txn)?;
+        // Backoffs that are over: their heads are ready.
+        let due = t
+            .waiting
+            .range(..=(now_ms, u64::MAX))
+            .map_err(storage)?
+            .map(|row| row.map(|(k, _)| k.value()).map_err(storage))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (at, seq) in due {
+            t.waiting.remove((at, seq)).map_err(storage)?;
+            t.ready.insert(seq, ()).map_err(storage)?;
         }
-        // Oldest records first (by their first item's sequence).
-        for k in order {
-            if out.len() >= max {
-                break;
-            }
-            let Some(list) = by_record.get_mut(&k) else { continue };
-            let Some(first) = list.first() else { continue };
-            if matches!(first.state, ItemState::InFlight { .. }) || first.next_attempt_ms > now_ms {
+        // Oldest records first (by their head's sequence number).
+        let mut from = 0;
+        while out.len() < max {
+            let next = t.ready.range(from..).map_err(storage)?.next().map(|row| row.map(|(k, _)| k.value()));
+            let Some(seq) = next.transpose().map_err(storage)? else { break };
+            from = seq.saturating_add(1);
+            let Some(mut head) = t.get(seq)? else {
+                t.ready.remove(seq).map_err(storage)?;
+                continue;
+            };
+            if t.head(&head.resource, &head.entity_id)? != Some(seq) || head.state != ItemState::Pending {
+                // Not (or no longer) a pending head: filed by its record's changes elsewhere.
+                t.ready.remove(seq).map_err(storage)?;
                 continue;
             }
-            let mut head = list.remove(0);
+            if head.next_attempt_ms > now_ms {
+                t.place(head.seq, head.state, head.next_attempt_ms)?;
+                continue;
+            }
+            t.unplace(&head)?;
             // Compact: later full-value updates of the record replace the head's value — only
             // while the head was never sent (a re-sent head replays its first result under
             // its idempotency key, and a value compacted into it would be lost).
             if !head.sent && (full_value(&head.entry) || head.entry.action == WriteAction::Create) {
-                while let Some(next) = list.first() {
+                for later in t.record_seqs(&head.resource, &head.entity_id)?.into_iter().filter(|s| *s > seq) {
+                    let Some(next) = t.get(later)? else { break };
                     if !full_value(&next.entry) {
                         break;
                     }
-                    let next = list.remove(0);
-                    head.entry.item.value = next.entry.item.value.clone();
-                    remove(&txn, &next)?;
+                    t.remove(&next)?;
+                    head.entry.item.value = next.entry.item.value;
                 }
             }
             head.state = ItemState::InFlight { since_ms: now_ms };
             head.sent = true;
-            put(&txn, &head)?;
+            t.put(&head)?;
+            t.in_flight.insert(seq, now_ms).map_err(storage)?;
             out.push(head);
         }
     }
@@ -273,81 +581,136 @@ pub fn settle(db: &Database, outcomes: &[(u64, Outcome)], max_attempts: u32) -> 
     Ok(())
 }
 
-/// [`settle`] inside the caller's transaction (with the local writebacks of the acks).
+/// [`settle`] inside the caller's transaction (with the local writebacks of the acks). Reads
+/// only the settled items (and, after an ack, the same record's later items, to rebase them).
 pub fn settle_in(txn: &WriteTransaction, outcomes: &[(u64, Outcome)], max_attempts: u32) -> Result<(), StandardError> {
-    {
-        let items = all_items(txn)?;
-        let by_seq: HashMap<u64, &OutboxItem> = items.iter().map(|i| (i.seq, i)).collect();
-        let mut rebases: Vec<(String, String, u64)> = Vec::new();
-        let mut dead = txn.open_table(DEAD).map_err(storage)?;
-        for (seq, outcome) in outcomes {
-            let Some(item) = by_seq.get(seq) else { continue };
-            match outcome {
-                Outcome::Acked { version } => {
-                    remove(txn, item)?;
-                    if let Some(v) = version {
-                        rebases.push((item.resource.clone(), item.entity_id.clone(), *v));
-                    }
-                }
-                Outcome::Rejected { error, current } => {
-                    remove(txn, item)?;
-                    let letter = DeadLetter { item: (*item).clone(), error: error.clone(), current: current.clone() };
-                    dead.insert(*seq, enc(&letter)?.as_slice()).map_err(storage)?;
-                }
-                Outcome::Retry { error, retry_at_ms } => {
-                    let mut it = (*item).clone();
-                    it.attempts += 1;
-                    if it.attempts >= max_attempts {
-                        remove(txn, item)?;
-                        let letter = DeadLetter { item: it, error: error.clone(), current: None };
-                        dead.insert(*seq, enc(&letter)?.as_slice()).map_err(storage)?;
-                    } else {
-                        it.state = ItemState::Pending;
-                        it.next_attempt_ms = *retry_at_ms;
-                        put(txn, &it)?;
+    catch_up(txn)?;
+    let mut t = Tables::open(txn)?;
+    let mut dead = txn.open_table(DEAD).map_err(storage)?;
+    let mut dead_changed = false;
+    let mut bury = |t: &mut Tables, item: OutboxItem, error: &StandardError, current: Option<Current>| {
+        t.remove(&item)?;
+        let seq = item.seq;
+        let letter = DeadLetter { item, error: error.clone(), current };
+        dead.insert(seq, enc(&letter)?.as_slice()).map_err(storage)?;
+        dead_changed = true;
+        Ok::<_, StandardError>(())
+    };
+    for (seq, outcome) in outcomes {
+        let Some(mut item) = t.get(*seq)? else { continue };
+        match outcome {
+            Outcome::Acked { version } => {
+                t.remove(&item)?;
+                // Later writes of an acked record are based on the version the server gave it.
+                if let Some(v) = version {
+                    for later in t.record_seqs(&item.resource, &item.entity_id)? {
+                        let Some(mut it) = t.get(later)? else { continue };
+                        if it.entry.action == WriteAction::Create || commutative(&it.entry) {
+                            continue;
+                        }
+                        it.entry.item.base_version = Some(*v);
+                        t.put(&it)?;
                     }
                 }
             }
-        }
-        // Later writes of an acked record are based on the version the server gave it.
-        let acked: HashSet<u64> =
-            outcomes.iter().filter(|(_, o)| matches!(o, Outcome::Acked { .. })).map(|(s, _)| *s).collect();
-        for (resource, entity, version) in rebases {
-            for it in
-                items.iter().filter(|i| i.resource == resource && i.entity_id == entity && !acked.contains(&i.seq))
-            {
-                if it.entry.action == WriteAction::Create || commutative(&it.entry) {
-                    continue;
+            Outcome::Rejected { error, current } => bury(&mut t, item.clone(), error, current.clone())?,
+            Outcome::Retry { error, retry_at_ms } => {
+                item.attempts += 1;
+                if item.attempts >= max_attempts {
+                    bury(&mut t, item.clone(), error, None)?;
+                } else {
+                    t.unplace(&item)?;
+                    item.state = ItemState::Pending;
+                    item.next_attempt_ms = *retry_at_ms;
+                    t.put(&item)?;
+                    t.in_flight.remove(item.seq).map_err(storage)?;
                 }
-                let mut it = it.clone();
-                it.entry.item.base_version = Some(version);
-                put(txn, &it)?;
             }
         }
+        t.refresh_head(&item.resource, &item.entity_id)?;
+    }
+    drop(t);
+    drop(dead);
+    if dead_changed {
+        bump_dead_generation(txn)?;
     }
     Ok(())
 }
 
+fn bump_dead_generation(txn: &WriteTransaction) -> Result<(), StandardError> {
+    let mut meta = txn.open_table(META).map_err(storage)?;
+    let g = meta_u64(&meta, DEAD_GENERATION)?.unwrap_or(0).wrapping_add(1);
+    meta.insert(DEAD_GENERATION, g.to_le_bytes().as_slice()).map_err(storage)?;
+    Ok(())
+}
+
 /// The records with items in the outbox, as (resource, id): their local values must not be
-/// overwritten by pulled changes until those items are pushed.
+/// overwritten by pulled changes until those items are pushed. (Reads the whole index: to
+/// ask about a few records, use [`queued_records`].)
 pub fn pending_records(txn: &WriteTransaction) -> Result<HashSet<(String, String)>, StandardError> {
-    Ok(all_items(txn)?.into_iter().map(|i| (i.resource, i.entity_id)).collect())
+    catch_up(txn)?;
+    let table = txn.open_table(BY_RECORD).map_err(storage)?;
+    let mut out = HashSet::new();
+    for row in table.iter().map_err(storage)? {
+        let (k, _) = row.map_err(storage)?;
+        let (resource, id, _) = split_record_row(k.value()).ok_or_else(|| bad_meta("record index row"))?;
+        out.insert((resource, id));
+    }
+    Ok(out)
+}
+
+/// Which records have items in the outbox, asked one record at a time (an index lookup each).
+pub struct QueuedRecords<'t> {
+    table: redb::Table<'t, &'static [u8], ()>,
+    buf: Vec<u8>,
+}
+
+impl QueuedRecords<'_> {
+    /// Whether the record has items in the outbox: its local value must not be overwritten by
+    /// pulled changes until they are pushed.
+    pub fn contains(&mut self, resource: &str, id: &str) -> Result<bool, StandardError> {
+        record_prefix(&mut self.buf, resource, id);
+        let mut hi = self.buf.clone();
+        self.buf.extend_from_slice(&[0; 8]);
+        hi.extend_from_slice(&[0xff; 8]);
+        Ok(self.table.range::<&[u8]>(self.buf.as_slice()..=hi.as_slice()).map_err(storage)?.next().is_some())
+    }
+}
+
+/// Opens [`QueuedRecords`] in the caller's transaction.
+pub fn queued_records(txn: &WriteTransaction) -> Result<QueuedRecords<'_>, StandardError> {
+    catch_up(txn)?;
+    Ok(QueuedRecords { table: txn.open_table(BY_RECORD).map_err(storage)?, buf: Vec::new() })
 }
 
 /// Returns in-flight items reserved before `older_than_ms` to pending (all of them at start:
 /// pass `i64::MAX`). Returns how many.
 pub fn recover(db: &Database, older_than_ms: i64) -> Result<usize, StandardError> {
     let txn = db.begin_write().map_err(storage)?;
+    catch_up(&txn)?;
     let mut n = 0;
-    for mut it in all_items(&txn)? {
-        if let ItemState::InFlight { since_ms } = it.state
-            && since_ms < older_than_ms
-        {
-            it.state = ItemState::Pending;
-            // (An item written before `sent` existed was in flight: it was sent.)
-            it.sent = true;
-            put(&txn, &it)?;
-            n += 1;
+    {
+        let mut t = Tables::open(&txn)?;
+        let stale = t
+            .in_flight
+            .iter()
+            .map_err(storage)?
+            .map(|row| row.map(|(k, v)| (k.value(), v.value())).map_err(storage))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (seq, _) in stale.into_iter().filter(|(_, since)| *since < older_than_ms) {
+            let Some(mut it) = t.get(seq)? else {
+                t.in_flight.remove(seq).map_err(storage)?;
+                continue;
+            };
+            t.in_flight.remove(seq).map_err(storage)?;
+            if matches!(it.state, ItemState::InFlight { .. }) {
+                it.state = ItemState::Pending;
+                // (An item written before `sent` existed was in flight: it was sent.)
+                it.sent = true;
+                t.put(&it)?;
+                t.refresh_head(&it.resource, &it.entity_id)?;
+                n += 1;
+            }
         }
     }
     txn.commit().map_err(storage)?;
@@ -373,53 +736,108 @@ pub fn dead_letters(db: &Database) -> Result<Vec<DeadLetter>, StandardError> {
 /// Puts a dead letter back in the outbox (as pending, attempts reset), or drops it.
 pub fn resolve_dead(db: &Database, seq: u64, retry: bool) -> Result<bool, StandardError> {
     let txn = db.begin_write().map_err(storage)?;
+    catch_up(&txn)?;
     let found = {
-        let mut dead = txn.open_table(DEAD).map_err(storage)?;
-        let letter: Option<DeadLetter> = match dead.remove(seq).map_err(storage)? {
+        let letter: Option<DeadLetter> = match txn.open_table(DEAD).map_err(storage)?.remove(seq).map_err(storage)? {
             Some(v) => Some(dec(v.value())?),
             None => None,
         };
         if let (Some(l), true) = (&letter, retry) {
+            let mut t = Tables::open(&txn)?;
             let mut it = l.item.clone();
+            it.seq = seq;
             it.state = ItemState::Pending;
             it.attempts = 0;
             it.next_attempt_ms = 0;
-            put(&txn, &it)?;
-            let mut keys = txn.open_table(KEYS).map_err(storage)?;
-            keys.insert(format!("{}\u{0}{}", it.resource, it.entry.item.meta.idempotency_key).as_str(), it.seq)
-                .map_err(storage)?;
+            // The record's head so far stops being its head if the letter is older.
+            let before = t.head(&it.resource, &it.entity_id)?;
+            t.put(&it)?;
+            key_into(&mut t.key, &it.resource, &it.entry.item.meta.idempotency_key);
+            t.keys.insert(t.key.as_str(), it.seq).map_err(storage)?;
+            t.index(&it)?;
+            if let Some(h) = before.filter(|h| *h > seq)
+                && let Some(prev) = t.get(h)?
+            {
+                t.unplace(&prev)?;
+            }
+            t.refresh_head(&it.resource, &it.entity_id)?;
         }
         letter.is_some()
     };
+    if found {
+        bump_dead_generation(&txn)?;
+    }
     txn.commit().map_err(storage)?;
     Ok(found)
 }
 
-/// Counts (a read transaction: it never waits for the writer).
+/// Counts (a read transaction: it never waits for the writer). Reads three table lengths
+/// and a counter, whatever the size of the outbox.
 pub fn stats(db: &Database) -> Result<OutboxStats, StandardError> {
+    Ok(stats_and_dead_generation(db)?.0)
+}
+
+/// [`stats`], and a number that changes whenever the dead letters do (to re-read them only
+/// then).
+pub(crate) fn stats_and_dead_generation(db: &Database) -> Result<(OutboxStats, u64), StandardError> {
     let txn = db.begin_read().map_err(storage)?;
-    let items = match txn.open_table(ITEMS) {
-        Ok(t) => items_of(&t)?,
-        Err(redb::TableError::TableDoesNotExist(_)) => Vec::new(),
+    let meta = match txn.open_table(META) {
+        Ok(t) => Some(t),
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
         Err(e) => return Err(storage(e)),
     };
-    let dead = match txn.open_table(DEAD) {
-        Ok(t) => t.len().map_err(storage)? as usize,
-        Err(redb::TableError::TableDoesNotExist(_)) => 0,
-        Err(e) => return Err(storage(e)),
+    let (last_seq, generation, indexed) = match &meta {
+        Some(m) => (
+            meta_u64(m, "next-seq")?.unwrap_or(1).saturating_sub(1),
+            meta_u64(m, DEAD_GENERATION)?.unwrap_or(0),
+            indexed(m)?,
+        ),
+        None => (0, 0, false),
     };
-    let last_seq = match txn.open_table(META) {
-        Ok(t) => t
-            .get("next-seq")
-            .map_err(storage)?
-            .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
-            .map_or(1, u64::from_le_bytes),
-        Err(redb::TableError::TableDoesNotExist(_)) => 1,
-        Err(e) => return Err(storage(e)),
+    let dead = table_len(&txn, DEAD)?;
+    let (pending, in_flight) = if indexed {
+        let in_flight = table_len(&txn, IN_FLIGHT)?;
+        (table_len(&txn, ITEMS)?.saturating_sub(in_flight), in_flight)
+    } else {
+        // A file written before the indexes, not yet opened for writing: count by reading.
+        let items = match txn.open_table(ITEMS) {
+            Ok(t) => items_of(&t)?,
+            Err(redb::TableError::TableDoesNotExist(_)) => Vec::new(),
+            Err(e) => return Err(storage(e)),
+        };
+        let in_flight = items.iter().filter(|i| matches!(i.state, ItemState::InFlight { .. })).count();
+        (items.len() - in_flight, in_flight)
+    };
+    Ok((OutboxStats { pending, in_flight, dead, last_seq }, generation))
+}
+
+/// A table's length (redb keeps it: no scan); 0 when the table does not exist yet.
+fn table_len(txn: &redb::ReadTransaction, table: impl TableHandle) -> Result<usize, StandardError> {
+    match txn.open_untyped_table(table) {
+        Ok(t) => Ok(usize::try_from(t.len().map_err(storage)?).unwrap_or(usize::MAX)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+        Err(e) => Err(storage(e)),
     }
-    .saturating_sub(1);
-    let in_flight = items.iter().filter(|i| matches!(i.state, ItemState::InFlight { .. })).count();
-    Ok(OutboxStats { pending: items.len() - in_flight, in_flight, dead, last_seq })
+}
+
+fn items_of(table: &impl ReadableTable<u64, &'static [u8]>) -> Result<Vec<OutboxItem>, StandardError> {
+    let mut out = Vec::new();
+    for row in table.iter().map_err(storage)? {
+        let (k, v) = row.map_err(storage)?;
+        out.push(codec::decode(k.value(), v.value())?);
+    }
+    Ok(out)
+}
+
+/// Every queued item, in write order. Reads and decodes the whole outbox: for tools and
+/// tests (the engine itself never needs it).
+pub fn items(db: &Database) -> Result<Vec<OutboxItem>, StandardError> {
+    let txn = db.begin_read().map_err(storage)?;
+    match txn.open_table(ITEMS) {
+        Ok(t) => items_of(&t),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(Vec::new()),
+        Err(e) => Err(storage(e)),
+    }
 }
 
 /// The lowest sequence number still in the outbox (`None`: empty) — for barriers.
@@ -539,182 +957,4 @@ pub fn rebase_on_own_versions(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::protocol::{ItemMeta, WriteItem};
-
-    fn db(name: &str) -> Database {
-        let p = std::env::temp_dir().join(format!("atoma-outbox-{name}-{}.redb", std::process::id()));
-        let _ = std::fs::remove_file(&p);
-        Database::create(&p).expect("db")
-    }
-
-    fn entry(action: WriteAction, id: &str, key: &str, value: serde_json::Value, base: Option<u64>) -> WireWriteEntry {
-        WireWriteEntry {
-            entry_id: key.into(),
-            action,
-            item: WriteItem {
-                entity_id: Some(id.into()),
-                base_version: base,
-                value: Some(value),
-                ops: None,
-                meta: ItemMeta { idempotency_key: key.into(), client_time_ms: 1 },
-            },
-            options: None,
-        }
-    }
-
-    fn put_all(db: &Database, entries: &[WireWriteEntry]) -> Vec<u64> {
-        let txn = db.begin_write().expect("txn");
-        let seqs = enqueue(&txn, "players", entries, 0).expect("enqueue");
-        txn.commit().expect("commit");
-        seqs
-    }
-
-    #[test]
-    fn enqueue_dedupes_by_idempotency_key() {
-        let db = db("dedupe");
-        let e = entry(WriteAction::Create, "a", "k1", serde_json::json!({"n": 1}), None);
-        assert_eq!(put_all(&db, &[e.clone(), e.clone()]), [1]);
-        assert_eq!(put_all(&db, &[e]), Vec::<u64>::new());
-        assert_eq!(stats(&db).expect("stats").pending, 1);
-    }
-
-    #[test]
-    fn one_in_flight_per_record_compaction_and_rebase() {
-        let db = db("order");
-        put_all(
-            &db,
-            &[
-                entry(WriteAction::Update, "a", "k1", serde_json::json!({"n": 1}), Some(3)),
-                entry(WriteAction::Update, "a", "k2", serde_json::json!({"n": 2}), Some(3)),
-                entry(WriteAction::Create, "b", "k3", serde_json::json!({"n": 1}), None),
-                entry(WriteAction::Delete, "a", "k4", serde_json::json!({}), Some(3)),
-            ],
-        );
-        let got = reserve(&db, 10, 100).expect("reserve");
-        // a's two updates are one write carrying the later value; b is independent; a's
-        // delete waits behind a's update.
-        assert_eq!(got.iter().map(|i| (i.entity_id.as_str(), i.seq)).collect::<Vec<_>>(), [("a", 1), ("b", 3)]);
-        assert_eq!(got[0].entry.item.value, Some(serde_json::json!({"n": 2})));
-        assert!(reserve(&db, 10, 100).expect("reserve").is_empty(), "nothing else is eligible while they fly");
-        settle(&db, &[(1, Outcome::Acked { version: Some(4) }), (3, Outcome::Acked { version: Some(1) })], 5)
-            .expect("settle");
-        let next = reserve(&db, 10, 200).expect("reserve");
-        assert_eq!(next.len(), 1);
-        assert_eq!((next[0].seq, next[0].entry.item.base_version), (4, Some(4)), "rebased on the acked version");
-    }
-
-    #[test]
-    fn rejects_and_stuck_writes_become_dead_letters_without_blocking_others() {
-        let db = db("dead");
-        put_all(
-            &db,
-            &[
-                entry(WriteAction::Update, "a", "k1", serde_json::json!({}), Some(1)),
-                entry(WriteAction::Update, "b", "k2", serde_json::json!({}), Some(1)),
-            ],
-        );
-        let got = reserve(&db, 10, 0).expect("reserve");
-        assert_eq!(got.len(), 2);
-        let conflict = StandardError::conflict("stale");
-        let retry = StandardError::adapter("NETWORK", "down").retryable();
-        settle(
-            &db,
-            &[
-                (1, Outcome::Rejected { error: conflict.clone(), current: None }),
-                (2, Outcome::Retry { error: retry.clone(), retry_at_ms: 50 }),
-            ],
-            2,
-        )
-        .expect("settle");
-        assert_eq!(dead_letters(&db).expect("dead").len(), 1);
-        assert!(reserve(&db, 10, 10).expect("reserve").is_empty(), "b waits out its backoff");
-        let again = reserve(&db, 10, 60).expect("reserve");
-        assert_eq!(again.len(), 1);
-        settle(&db, &[(2, Outcome::Retry { error: retry, retry_at_ms: 70 })], 2).expect("settle");
-        let dead = dead_letters(&db).expect("dead");
-        assert_eq!(dead.len(), 2, "b failed twice: stuck");
-        assert_eq!(stats(&db).expect("stats").pending, 0);
-        assert!(resolve_dead(&db, 2, true).expect("retry"));
-        assert!(resolve_dead(&db, 1, false).expect("drop"));
-        assert_eq!(stats(&db).expect("stats"), OutboxStats { pending: 1, in_flight: 0, dead: 0, last_seq: 2 });
-    }
-
-    #[test]
-    fn nothing_is_compacted_into_an_item_that_was_sent() {
-        // The create went out and the answer was lost (a crash): after recovery it is sent
-        // again as it was (the server replays its first result under its idempotency key),
-        // and the later update follows as its own write instead of vanishing into it.
-        let db = db("sent");
-        put_all(&db, &[entry(WriteAction::Create, "a", "k1", serde_json::json!({"n": 1}), None)]);
-        assert_eq!(reserve(&db, 10, 100).expect("reserve").len(), 1);
-        put_all(&db, &[entry(WriteAction::Upsert, "a", "k2", serde_json::json!({"n": 2}), None)]);
-        assert_eq!(recover(&db, i64::MAX).expect("recover"), 1);
-        let again = reserve(&db, 10, 200).expect("reserve");
-        assert_eq!(again.len(), 1);
-        assert_eq!((again[0].seq, again[0].entry.item.value.clone()), (1, Some(serde_json::json!({"n": 1}))));
-        settle(&db, &[(1, Outcome::Acked { version: Some(1) })], 5).expect("settle");
-        let next = reserve(&db, 10, 300).expect("reserve");
-        assert_eq!(next.len(), 1, "the update was kept");
-        assert_eq!((next[0].seq, next[0].entry.item.value.clone()), (2, Some(serde_json::json!({"n": 2}))));
-        // A never-sent head still takes later full values.
-        put_all(
-            &db,
-            &[
-                entry(WriteAction::Create, "b", "k3", serde_json::json!({"n": 1}), None),
-                entry(WriteAction::Upsert, "b", "k4", serde_json::json!({"n": 3}), None),
-            ],
-        );
-        let b = reserve(&db, 10, 400).expect("reserve");
-        assert_eq!((b[0].seq, b[0].entry.item.value.clone()), (3, Some(serde_json::json!({"n": 3}))));
-    }
-
-    #[test]
-    fn in_flight_items_recover() {
-        let db = db("recover");
-        put_all(&db, &[entry(WriteAction::Update, "a", "k1", serde_json::json!({}), Some(1))]);
-        assert_eq!(reserve(&db, 10, 1000).expect("reserve").len(), 1);
-        assert_eq!(recover(&db, 500).expect("recover"), 0, "not timed out yet");
-        assert_eq!(recover(&db, i64::MAX).expect("recover"), 1);
-        assert_eq!(reserve(&db, 10, 1000).expect("reserve").len(), 1);
-    }
-
-    #[test]
-    fn deferred_changes_keep_the_newest() {
-        let db = db("deferred");
-        let txn = db.begin_write().expect("txn");
-        let v = |n: i64| serde_json::json!({ "n": n }).as_object().cloned();
-        defer(&txn, "players", "a", &Deferred { version: 2, value: v(2) }).expect("defer");
-        defer(&txn, "players", "a", &Deferred { version: 3, value: None }).expect("defer");
-        assert_eq!(take_deferred(&txn, "players", "a").expect("take"), Some(Deferred { version: 3, value: None }));
-        assert_eq!(take_deferred(&txn, "players", "a").expect("take"), None, "taken once");
-        txn.commit().expect("commit");
-    }
-
-    #[test]
-    fn a_base_older_only_by_own_acks_is_rebased() {
-        let db = db("own");
-        let txn = db.begin_write().expect("txn");
-        // Acks of this client gave versions 2 and 3 (applied on 1 and 2).
-        note_own_version(&txn, "players", "a", 2).expect("note");
-        note_own_version(&txn, "players", "a", 3).expect("note");
-        assert_eq!(own_versions(&txn, "players", "a").expect("own"), Some((1, 3)));
-        let rebased = |base: Option<u64>, action: WriteAction| {
-            let mut e = entry(action, "a", "k", serde_json::json!({}), base);
-            rebase_on_own_versions(&txn, "players", &mut e).expect("rebase");
-            e.item.base_version
-        };
-        assert_eq!(rebased(Some(1), WriteAction::Update), Some(3), "older by own versions only");
-        assert_eq!(rebased(Some(2), WriteAction::Delete), Some(3));
-        assert_eq!(rebased(Some(3), WriteAction::Update), Some(3), "current");
-        assert_eq!(rebased(None, WriteAction::Create), None, "a create has no base");
-        // A version from someone else in between: the write stays a conflict.
-        note_own_version(&txn, "players", "a", 5).expect("note");
-        assert_eq!(own_versions(&txn, "players", "a").expect("own"), Some((4, 5)));
-        assert_eq!(rebased(Some(3), WriteAction::Update), Some(3));
-        forget_own_versions(&txn, "players", "a").expect("forget");
-        assert_eq!(rebased(Some(4), WriteAction::Update), Some(4));
-        txn.commit().expect("commit");
-    }
-}
+mod tests;

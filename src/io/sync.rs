@@ -256,6 +256,9 @@ struct Inner {
     next_barrier: AtomicU64,
     stop: AtomicBool,
     started: AtomicBool,
+    /// The dead letters as last read, and the outbox's dead-letter generation then: they are
+    /// read again only when it changes.
+    dead: Mutex<Option<(u64, Vec<DeadLetter>)>>,
 }
 
 /// The sync engine and the `sync` route's executor. Clones share one engine.
@@ -287,6 +290,7 @@ impl SyncEngine {
                 next_barrier: AtomicU64::new(1),
                 stop: AtomicBool::new(false),
                 started: AtomicBool::new(false),
+                dead: Mutex::new(None),
             }),
         })
     }
@@ -357,10 +361,23 @@ impl SyncEngine {
         self.inner.pull_wake.notify_one();
     }
 
+    /// Reports the outbox's counts: a few table lengths, and the dead letters (read again
+    /// only when they changed).
     fn report_outbox(&self) {
-        if let (Ok(stats), Ok(dead)) = (outbox::stats(self.db()), outbox::dead_letters(self.db())) {
-            self.emit(SyncEvent::Outbox { stats, dead });
-        }
+        let Ok((stats, generation)) = outbox::stats_and_dead_generation(self.db()) else { return };
+        let mut cached = self.inner.dead.lock().unwrap_or_else(|p| p.into_inner());
+        let dead = match &*cached {
+            Some((g, dead)) if *g == generation => dead.clone(),
+            _ => {
+                // Read after the counts: at least as new as `generation`, so a change after it
+                // shows as a new generation next time.
+                let Ok(dead) = outbox::dead_letters(self.db()) else { return };
+                *cached = Some((generation, dead.clone()));
+                dead
+            }
+        };
+        drop(cached);
+        self.emit(SyncEvent::Outbox { stats, dead });
     }
 
     /// Puts a dead letter back in the outbox (`retry`) or drops it.
@@ -577,11 +594,12 @@ impl SyncEngine {
     ) -> Result<Vec<(String, Vec<SyncChange>)>, StandardError> {
         let txn = self.db().begin_write().map_err(storage)?;
         outbox::settle_in(&txn, outcomes, self.inner.config.max_attempts)?;
-        let still_pending = outbox::pending_records(&txn)?;
+        let mut still_queued = outbox::queued_records(&txn)?;
+        let by_seq: HashMap<u64, &outbox::OutboxItem> = items.iter().map(|i| (i.seq, i)).collect();
         let mut applies: HashMap<String, Vec<SyncChange>> = HashMap::new();
         for (seq, outcome) in outcomes {
-            let Some(it) = items.iter().find(|i| i.seq == *seq) else { continue };
-            let waiting = still_pending.contains(&(it.resource.clone(), it.entity_id.clone()));
+            let Some(it) = by_seq.get(seq) else { continue };
+            let waiting = still_queued.contains(&it.resource, &it.entity_id)?;
             let deferred = if waiting { None } else { outbox::take_deferred(&txn, &it.resource, &it.entity_id)? };
             let remote = |version: u64, value: Option<Map<String, Json>>| -> Result<SyncChange, StandardError> {
                 self.inner.local.put_in(&txn, &it.resource, &it.entity_id, value.as_ref().map(|v| (v, version)))?;
@@ -645,6 +663,7 @@ impl SyncEngine {
             }
             applies.entry(it.resource.clone()).or_default().push(change);
         }
+        drop(still_queued);
         txn.commit().map_err(storage)?;
         Ok(applies.into_iter().collect())
     }
@@ -734,7 +753,7 @@ impl SyncEngine {
     /// Records with writes still in the outbox keep their local value.
     fn apply_pulled(&self, pulled: PullResult) -> Result<Vec<(String, Vec<SyncChange>)>, StandardError> {
         let txn = self.db().begin_write().map_err(storage)?;
-        let pending = outbox::pending_records(&txn)?;
+        let mut queued = outbox::queued_records(&txn)?;
         let mut applies: HashMap<String, Vec<SyncChange>> = HashMap::new();
         for c in pulled.changes {
             let value = match (c.kind, c.value) {
@@ -742,7 +761,7 @@ impl SyncEngine {
                 (ChangeKind::Upsert, _) => continue, // an upsert without its value: nothing to apply
                 (ChangeKind::Delete, _) => None,
             };
-            if pending.contains(&(c.resource.clone(), c.entity_id.clone())) {
+            if queued.contains(&c.resource, &c.entity_id)? {
                 // The cursor moves past it: keep it for when the record's writes are settled.
                 outbox::defer(&txn, &c.resource, &c.entity_id, &outbox::Deferred { version: c.version, value })?;
                 continue;
@@ -760,6 +779,7 @@ impl SyncEngine {
                 value,
             });
         }
+        drop(queued);
         outbox::set_cursor(&txn, "pull", &pulled.next_cursor)?;
         txn.commit().map_err(storage)?;
         Ok(applies.into_iter().collect())
@@ -856,17 +876,19 @@ impl Executor for SyncEngine {
         let job = self.inner.local.on_writer(move || {
             let txn = this.db().begin_write().map_err(storage)?;
             let mut out = Vec::with_capacity(reqs.len());
-            let mut queued = 0;
-            for req in &reqs {
-                let result = this.inner.local.write_local_first_in(&txn, req)?;
-                let mut ok: Vec<WireWriteEntry> =
-                    req.entries.iter().zip(&result.results).filter(|(_, r)| r.ok).map(|(e, _)| e.clone()).collect();
-                for e in &mut ok {
-                    outbox::rebase_on_own_versions(&txn, &req.resource, e)?;
+            let queued = {
+                let mut queue = outbox::Enqueuer::new(&txn, now_ms())?;
+                for req in &reqs {
+                    // Each write that applied is queued as it applies, carrying the record's
+                    // JSON as just stored (encoded once).
+                    let result = this
+                        .inner
+                        .local
+                        .write_local_first_in(&txn, req, |e, stored| queue.push(&req.resource, e, stored).map(drop))?;
+                    out.push(result);
                 }
-                queued += outbox::enqueue(&txn, &req.resource, &ok, now_ms())?.len();
-                out.push(result);
-            }
+                queue.finish()?
+            };
             txn.commit().map_err(storage)?;
             Ok::<_, StandardError>((out, queued))
         });

@@ -5,10 +5,12 @@
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use serde_json::{Map, Value as Json};
 
-use super::{LocalExecutor, decode, encode, storage, table_name};
+use super::{LocalExecutor, decode, encode, encode_into, storage, table_name};
+use crate::core::WriteAction;
 use crate::io::executor::BoxFuture;
 use crate::protocol::{
-    StandardError, Stored, WriteItemResult, WriteRequest, WriteResult, apply_entry, entry_target, with_version,
+    StandardError, Stored, WireWriteEntry, WriteItemResult, WriteRequest, WriteResult, apply_entry, entry_target,
+    with_version,
 };
 
 impl LocalExecutor {
@@ -77,15 +79,18 @@ impl LocalExecutor {
 
     /// Local-first writes: applied to the local file at once, with no version check and no
     /// version bump (a record keeps the last version a server gave it; the server decides
-    /// when the outbox pushes the write).
+    /// when the outbox pushes the write). `applied` is called for each entry that applied,
+    /// with the JSON of the record as stored (`None` after a delete), before the next one.
     pub(crate) fn write_local_first_in(
         &self,
         txn: &WriteTransaction,
         req: &WriteRequest,
+        mut applied: impl FnMut(&WireWriteEntry, Option<&[u8]>) -> Result<(), StandardError>,
     ) -> Result<WriteResult, StandardError> {
         let name = table_name(&req.resource);
         let mut table = txn.open_table(TableDefinition::<&str, &[u8]>::new(&name)).map_err(storage)?;
         let mut results = Vec::with_capacity(req.entries.len());
+        let mut row = Vec::new();
         for e in &req.entries {
             let Some(id) = entry_target(e) else {
                 results.push(WriteItemResult::err(
@@ -100,23 +105,33 @@ impl LocalExecutor {
                 None => None,
             };
             let kept = cur.as_ref().map_or(0, |c| c.version);
-            // Based on what is here: the local apply never conflicts with itself.
-            let mut local = e.clone();
-            if cur.is_some() && e.action != crate::core::WriteAction::Create {
-                local.item.base_version = Some(kept);
-            }
-            let r = match apply_entry(&local, cur.as_ref(), || id.clone()) {
-                Ok(applied) => {
-                    match &applied.next {
+            // Based on what is here: the local apply never conflicts with itself. (A copy only
+            // when the base differs; a create has none.)
+            let rebased;
+            let local = if cur.is_some() && e.action != WriteAction::Create && e.item.base_version != Some(kept) {
+                let mut l = e.clone();
+                l.item.base_version = Some(kept);
+                rebased = l;
+                &rebased
+            } else {
+                e
+            };
+            let r = match apply_entry(local, cur.as_ref(), || id.clone()) {
+                Ok(a) => {
+                    let value = match a.next {
                         Some(n) => {
-                            table.insert(applied.id.as_str(), encode(kept, &n.value)?.as_slice()).map_err(storage)?;
+                            encode_into(&mut row, kept, &n.value)?;
+                            table.insert(a.id.as_str(), row.as_slice()).map_err(storage)?;
+                            Some(n.value)
                         }
                         None => {
-                            table.remove(applied.id.as_str()).map_err(storage)?;
+                            table.remove(a.id.as_str()).map_err(storage)?;
+                            None
                         }
-                    }
-                    let data = applied.next.as_ref().map(|n| with_version(n.value.clone(), kept));
-                    WriteItemResult::ok(e.entry_id.clone(), applied.id, applied.next.map(|_| kept), data)
+                    };
+                    applied(e, value.as_ref().and_then(|_| row.get(8..)))?;
+                    let version = value.as_ref().map(|_| kept);
+                    WriteItemResult::ok(e.entry_id.clone(), a.id, version, value.map(|v| with_version(v, kept)))
                 }
                 Err((error, current)) => WriteItemResult::err(e.entry_id.clone(), error, current),
             };
