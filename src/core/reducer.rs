@@ -331,7 +331,14 @@ where
         plan.results.push(result);
     }
     let mut overlay = r.overlay;
-    plan.changes = r.order.into_iter().filter_map(|id| overlay.remove(&id).map(|e| (id, e))).collect();
+    // Sized up front: a collect that regrows a large vector makes glibc consolidate its free
+    // lists in the middle of a frame.
+    plan.changes = Vec::with_capacity(r.order.len());
+    for id in r.order {
+        if let Some(e) = overlay.remove(&id) {
+            plan.changes.push((id, e));
+        }
+    }
     plan
 }
 

@@ -196,6 +196,10 @@ impl<R: Keyed> Table<R> {
         // commit (a repeated id, or a freed slot taken again) applies the queue first, so that
         // no queued removal overtakes an insertion of the same entry.
         let mut touched = Touched::default();
+        if batched {
+            // One allocation for the commit (new records take slots past the current ones).
+            touched.bits = vec![0; (self.slots.len() + hint) / 64 + 1];
+        }
         let mut n = 0;
         for (id, next) in changes {
             n += 1;
