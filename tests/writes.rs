@@ -224,3 +224,43 @@ fn validation_failures_are_settled_errors_not_panics() {
     );
     assert!(!store(&app).contains(&1) && store(&app).contains(&2));
 }
+
+/// A record whose serialization panics for one name (a stand-in for a buggy `Serialize`).
+#[derive(atoma::Record, Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[record(store = "fragile")]
+struct Fragile {
+    id: u32,
+    #[serde(serialize_with = "panics_on_boom")]
+    name: String,
+}
+
+fn panics_on_boom<S: serde::Serializer>(name: &str, s: S) -> Result<S::Ok, S::Error> {
+    assert!(name != "boom", "this record cannot be serialized");
+    s.serialize_str(name)
+}
+
+#[test]
+fn a_write_that_cannot_be_encoded_fails_and_rolls_back_and_later_writes_go_through() {
+    let mut app = app(AtomaPlugin::in_memory(), |app| {
+        app.add_store::<Fragile>(StoreConfig::default());
+    });
+    let write = |app: &mut App, r: Fragile| {
+        app.world_mut()
+            .run_system_cached_with(|In(r): In<Fragile>, mut w: Writer<Fragile>| w.create(r), r)
+            .expect("runs")
+    };
+    let boom = write(&mut app, Fragile { id: 1, name: "boom".into() });
+    app.update();
+    let results = settle::<Fragile>(&mut app, 1);
+    assert_eq!(results.len(), 1);
+    assert_eq!(results[0].ticket, boom);
+    assert!(results[0].result.is_err(), "{:?}", results[0]);
+    app.update();
+    assert!(app.world().resource::<Store<Fragile>>().get(&1).is_none(), "rolled back");
+    // The flush thread lives on: the next write is encoded and acked.
+    let ok = write(&mut app, Fragile { id: 2, name: "fine".into() });
+    app.update();
+    let results = settle::<Fragile>(&mut app, 1);
+    assert_eq!(results.iter().map(|r| (r.ticket, r.result.is_ok())).collect::<Vec<_>>(), vec![(ok, true)]);
+    assert_eq!(app.world().resource::<Store<Fragile>>().entry(&2).map(|e| e.version), Some(1));
+}

@@ -127,7 +127,12 @@ fn run_frame(rt: Option<&tokio::runtime::Handle>, work: FrameWork, tasks: &mut V
         let mut reqs = Vec::with_capacity(slots.len());
         let mut replies = Vec::with_capacity(slots.len());
         for (encode, tx, batch) in slots {
-            let (req, failed) = encode();
+            // A panicking transform fails its writes (they roll back), not the flush thread.
+            let Ok((req, failed)) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(encode)) else {
+                let error = crate::protocol::StandardError::internal("encoding the writes for the wire panicked");
+                let _ = tx.send(Inbound::Written { batch, result: Err(error) });
+                continue;
+            };
             if req.entries.is_empty() {
                 // Nothing could be encoded: answer at once.
                 let _ = tx.send(Inbound::Written {
