@@ -182,8 +182,8 @@ impl<R: Keyed> Table<R> {
     /// Applies a commit: each change sets (or with `None` deletes) one record; each index is
     /// updated once per changed record, and only where its field changed.
     ///
-    /// A large commit queues its ordered-index entries and applies them sorted by key, which
-    /// keeps the B-tree walks in cache.
+    /// A large commit queues its ordered-index entries and applies them sorted by key (merged
+    /// into the index in one pass when the commit is large against it).
     ///
     /// Returns how many records changed.
     pub fn apply(&mut self, changes: impl IntoIterator<Item = Change<R>>) -> usize {

@@ -41,11 +41,15 @@ type WriteSlot = (Encode, Sender<Inbound>, u64);
 type RouteWrites = (Option<Arc<dyn Executor>>, Vec<WriteSlot>);
 type QuerySlot = (Arc<dyn Executor>, QueryRequest, Sender<Inbound>, QueryPurpose);
 
+/// Work to run once the frame's requests were handed to their executors.
+pub(crate) type After = Box<dyn FnOnce() + Send + Sync>;
+
 /// The frame's requests, sent in `Last`.
 #[derive(Resource, Default)]
 pub(crate) struct Outgoing {
     writes: Vec<(String, RouteWrites)>,
     queries: Vec<QuerySlot>,
+    after: Vec<After>,
 }
 
 impl Outgoing {
@@ -73,8 +77,14 @@ impl Outgoing {
         self.queries.push((exec, req, reply, purpose));
     }
 
+    /// Runs `f` on the flush thread after this frame's requests reached their executors (a
+    /// sync barrier must count the frame's writes).
+    pub fn after(&mut self, f: After) {
+        self.after.push(f);
+    }
+
     fn is_empty(&self) -> bool {
-        self.writes.is_empty() && self.queries.is_empty()
+        self.writes.is_empty() && self.queries.is_empty() && self.after.is_empty()
     }
 }
 
@@ -87,6 +97,7 @@ pub(crate) fn has_outgoing(out: Res<Outgoing>) -> bool {
 struct FrameWork {
     writes: Vec<(String, RouteWrites)>,
     queries: Vec<QuerySlot>,
+    after: Vec<After>,
 }
 
 enum Job {
@@ -97,7 +108,11 @@ enum Job {
 
 /// The `Flush` system: hands the frame's requests to the flush thread.
 pub(crate) fn flush(mut out: ResMut<Outgoing>, io: Res<IoRuntimeRes>) {
-    let work = FrameWork { writes: std::mem::take(&mut out.writes), queries: std::mem::take(&mut out.queries) };
+    let work = FrameWork {
+        writes: std::mem::take(&mut out.writes),
+        queries: std::mem::take(&mut out.queries),
+        after: std::mem::take(&mut out.after),
+    };
     if let Err(crossbeam_channel::SendError(Job::Frame(work))) = io.jobs.send(Job::Frame(work)) {
         // No flush thread (it could not start): run the work here.
         let mut tasks = Vec::new();
@@ -176,6 +191,9 @@ fn run_frame(rt: Option<&tokio::runtime::Handle>, work: FrameWork, tasks: &mut V
     }
     for e in touched {
         e.end_frame();
+    }
+    for f in work.after {
+        f();
     }
 }
 

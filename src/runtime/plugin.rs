@@ -219,10 +219,7 @@ impl Plugin for AtomaPlugin {
                                 .init_resource::<SyncStatus>()
                                 .add_message::<SyncEvent>()
                                 .add_systems(PreUpdate, receive_sync.in_set(AtomaSystems::Receive))
-                                .add_systems(
-                                    Last,
-                                    start_barriers.after(flush).before(shutdown_on_exit).in_set(AtomaSystems::Flush),
-                                );
+                                .add_systems(Last, start_barriers.before(flush).in_set(AtomaSystems::Flush));
                             }
                             Err(e) => status.errors.push(format!("sync: {e}")),
                         }

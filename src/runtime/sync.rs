@@ -9,7 +9,7 @@ use bevy_ecs::resource::Resource;
 use bevy_ecs::system::{Res, ResMut, SystemParam};
 use crossbeam_channel::{Receiver, Sender};
 
-use super::flush::IoRuntimeRes;
+use super::flush::{IoRuntimeRes, Outgoing};
 use super::reduce::Inbound;
 use crate::io::outbox::DeadLetter;
 use crate::io::{SyncEngine, SyncEvent, SyncMode, SyncOutput};
@@ -50,19 +50,22 @@ pub(crate) struct SyncLink {
     pub rx: Receiver<SyncOutput>,
     pub inboxes: HashMap<String, Sender<Inbound>>,
     pub started: bool,
-    /// Barriers asked for this frame, started after the frame's flush.
+    /// Barriers asked for this frame, started on the flush thread after the frame's writes.
     pub barriers: Vec<u64>,
 }
 
-/// Starts the frame's barriers, after its writes went to the engine (`Last`, after `flush`).
-pub(crate) fn start_barriers(mut link: ResMut<SyncLink>, io: Res<IoRuntimeRes>) {
+/// Starts the frame's barriers once its writes went to the engine (`Last`, before `flush`:
+/// the flush thread starts them after it handed the frame's writes over).
+pub(crate) fn start_barriers(mut link: ResMut<SyncLink>, io: Res<IoRuntimeRes>, mut outgoing: ResMut<Outgoing>) {
     if link.barriers.is_empty() {
         return;
     }
     let ids = std::mem::take(&mut link.barriers);
     if let Some(h) = io.io.handle() {
         for id in ids {
-            link.engine.start_barrier(id, &h);
+            let engine = link.engine.clone();
+            let h = h.clone();
+            outgoing.after(Box::new(move || engine.start_barrier(id, &h)));
         }
     }
 }
