@@ -7,7 +7,7 @@ mod envelope;
 mod error;
 mod write;
 
-pub use apply::{Applied, Stored, apply_entry, entry_target};
+pub use apply::{Applied, Stored, apply_entry, apply_entry_taking, entry_target};
 pub use envelope::{
     Change, ChangeKind, Meta, Notify, OpBody, OpResult, OpsData, OpsRequest, OpsResponse, PROTOCOL_VERSION,
     PullRequest, PullResult, RawOpsResponse, RemoteOp, Warning,

@@ -461,7 +461,7 @@ impl<'t> Enqueuer<'t> {
                 base = Some(to);
             }
         }
-        let stored = stored.filter(|_| entry.action == WriteAction::Create || full_value(entry));
+        let stored = stored.filter(|_| pushes_record(entry));
         codec::encode(&mut self.item, &codec::Header::new(self.now_ms), resource, &entity_id, entry, base, stored)?;
         self.items.insert(seq, self.item.as_slice()).map_err(storage)?;
         self.next_seq += 1;
@@ -498,6 +498,12 @@ fn commutative(e: &WireWriteEntry) -> bool {
     e.action == WriteAction::Patch
         && e.item.base_version.is_none()
         && e.item.ops.as_ref().is_some_and(|ops| ops.iter().all(|o| o.is_commutative()))
+}
+
+/// A write the outbox queues with the record as stored locally for its value (a create or a
+/// full-value write): its given value is not needed once applied.
+pub(crate) fn pushes_record(e: &WireWriteEntry) -> bool {
+    e.action == WriteAction::Create || full_value(e)
 }
 
 /// A full-value write (its value is the whole record), which a later one can replace.
@@ -749,10 +755,24 @@ pub fn resolve_dead(db: &Database, seq: u64, retry: bool) -> Result<bool, Standa
             it.state = ItemState::Pending;
             it.attempts = 0;
             it.next_attempt_ms = 0;
+            // A newer write may have reused the letter's idempotency key once the letter left
+            // the queue: the retry then goes under a key of its own (sent under the shared
+            // one, the server would answer one of the two writes with the other's result).
+            let original = it.entry.item.meta.idempotency_key.clone();
+            let mut attempt = 0u32;
+            loop {
+                key_into(&mut t.key, &it.resource, &it.entry.item.meta.idempotency_key);
+                match t.keys.get(t.key.as_str()).map_err(storage)?.map(|g| g.value()) {
+                    Some(other) if other != seq => {
+                        attempt += 1;
+                        it.entry.item.meta.idempotency_key = format!("{original}#retry-{seq}-{attempt}");
+                    }
+                    _ => break,
+                }
+            }
             // The record's head so far stops being its head if the letter is older.
             let before = t.head(&it.resource, &it.entity_id)?;
             t.put(&it)?;
-            key_into(&mut t.key, &it.resource, &it.entry.item.meta.idempotency_key);
             t.keys.insert(t.key.as_str(), it.seq).map_err(storage)?;
             t.index(&it)?;
             if let Some(h) = before.filter(|h| *h > seq)

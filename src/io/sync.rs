@@ -874,27 +874,37 @@ impl Executor for SyncEngine {
         // Handed to the local writer thread now, so the frame's writes commit even if the
         // runtime stops right after the flush (on `AppExit`).
         let job = self.inner.local.on_writer(move || {
-            let txn = this.db().begin_write().map_err(storage)?;
-            let mut out = Vec::with_capacity(reqs.len());
-            let queued = {
-                let mut queue = outbox::Enqueuer::new(&txn, now_ms())?;
-                for req in &reqs {
-                    // Each write that applied is queued as it applies, carrying the record's
-                    // JSON as just stored (encoded once).
-                    let result = this
-                        .inner
-                        .local
-                        .write_local_first_in(&txn, req, |e, stored| queue.push(&req.resource, e, stored).map(drop))?;
-                    out.push(result);
-                }
-                queue.finish()?
-            };
-            txn.commit().map_err(storage)?;
-            Ok::<_, StandardError>((out, queued))
+            let mut reqs = reqs;
+            let committed = (|| {
+                let txn = this.db().begin_write().map_err(storage)?;
+                let mut out = Vec::with_capacity(reqs.len());
+                let queued = {
+                    let mut queue = outbox::Enqueuer::new(&txn, now_ms())?;
+                    for req in &mut reqs {
+                        // Each write that applied is queued as it applies, carrying the
+                        // record's JSON as just stored (encoded once).
+                        let resource = req.resource.clone();
+                        let result = this
+                            .inner
+                            .local
+                            .write_local_first_in(&txn, req, |e, stored| queue.push(&resource, e, stored).map(drop))?;
+                        out.push(result);
+                    }
+                    queue.finish()?
+                };
+                txn.commit().map_err(storage)?;
+                Ok::<_, StandardError>((out, queued))
+            })();
+            // The requests go back to be freed off the writer thread (a frame's thousands of
+            // entries are its next transaction's time otherwise).
+            (committed, reqs)
         });
         let this = self.clone();
         Box::pin(async move {
-            let r = job.await.and_then(|r| r);
+            let r = job.await.and_then(|(r, reqs)| {
+                drop(reqs);
+                r
+            });
             match r {
                 Ok((results, queued)) => {
                     if queued > 0 {
@@ -913,3 +923,6 @@ impl Executor for SyncEngine {
         self.inner.local.load(resource)
     }
 }
+
+#[cfg(test)]
+mod tests;

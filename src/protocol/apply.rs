@@ -8,6 +8,8 @@
     reason = "a rejection carries the current record by design; it is built once per failed entry"
 )]
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value as Json};
 
 use super::{Current, StandardError, WireWriteEntry, with_version};
@@ -37,16 +39,15 @@ fn conflict(id: &str, cur: Option<&Stored>, why: &str) -> (StandardError, Option
     (StandardError::conflict(format!("{why} (record {id})")), Some(current))
 }
 
-fn object(v: Option<&Json>, what: &str) -> Result<Map<String, Json>, (StandardError, Option<Current>)> {
-    match v {
-        Some(Json::Object(m)) => {
-            let mut m = m.clone();
-            m.remove("version");
-            Ok(m)
-        }
-        Some(_) => Err((StandardError::invalid_write(format!("{what}: `value` must be an object")), None)),
-        None => Err((StandardError::invalid_write(format!("{what}: `value` is required")), None)),
-    }
+fn object(v: Option<Cow<'_, Json>>, what: &str) -> Result<Map<String, Json>, (StandardError, Option<Current>)> {
+    let mut m = match v {
+        Some(Cow::Owned(Json::Object(m))) => m,
+        Some(Cow::Borrowed(Json::Object(m))) => m.clone(),
+        Some(_) => return Err((StandardError::invalid_write(format!("{what}: `value` must be an object")), None)),
+        None => return Err((StandardError::invalid_write(format!("{what}: `value` is required")), None)),
+    };
+    m.remove("version");
+    Ok(m)
 }
 
 /// The id an entry writes: `item.entityId`, else `value.id` for a create. `None` for a create
@@ -65,14 +66,50 @@ pub fn apply_entry(
     cur: Option<&Stored>,
     new_id: impl FnOnce() -> String,
 ) -> Result<Applied, (StandardError, Option<Current>)> {
-    let id = match (entry_target(e), e.action) {
+    let given = Given {
+        target: entry_target(e),
+        value: e.item.value.as_ref().map(Cow::Borrowed),
+        base_version: e.item.base_version,
+    };
+    apply(e, given, cur, new_id)
+}
+
+/// [`apply_entry`] for a caller that owns the entry and has no more use for its value: the
+/// value moves into the record instead of being copied (`e.item.value` is `None` after), and
+/// the entry is applied as if based on `base_version`.
+pub fn apply_entry_taking(
+    e: &mut WireWriteEntry,
+    base_version: Option<u64>,
+    cur: Option<&Stored>,
+    new_id: impl FnOnce() -> String,
+) -> Result<Applied, (StandardError, Option<Current>)> {
+    let target = entry_target(e);
+    let given = Given { target, value: e.item.value.take().map(Cow::Owned), base_version };
+    apply(e, given, cur, new_id)
+}
+
+/// What an entry gives apart from its action and options.
+struct Given<'a> {
+    target: Option<String>,
+    value: Option<Cow<'a, Json>>,
+    base_version: Option<u64>,
+}
+
+fn apply(
+    e: &WireWriteEntry,
+    given: Given<'_>,
+    cur: Option<&Stored>,
+    new_id: impl FnOnce() -> String,
+) -> Result<Applied, (StandardError, Option<Current>)> {
+    let Given { target, value, base_version } = given;
+    let id = match (target, e.action) {
         (Some(id), _) if !id.is_empty() => id,
         (None, WriteAction::Create) => new_id(),
         _ => return Err((StandardError::invalid_write("`item.entityId` is required"), None)),
     };
     let version = cur.map_or(0, |c| c.version);
     let check_base = |required: bool| -> Result<(), (StandardError, Option<Current>)> {
-        match (e.item.base_version, cur) {
+        match (base_version, cur) {
             (Some(b), Some(c)) if b != c.version => {
                 Err(conflict(&id, cur, &format!("based on version {b}, current is {}", c.version)))
             }
@@ -96,15 +133,15 @@ pub fn apply_entry(
             if cur.is_some() {
                 return Err(conflict(&id, cur, "a record with this id exists"));
             }
-            next(with_id(object(e.item.value.as_ref(), "create")?)?)
+            next(with_id(object(value, "create")?)?)
         }
         WriteAction::Update => {
             let Some(c) = cur else { return Err((StandardError::not_found(format!("no record {id}")), None)) };
-            if e.item.base_version.is_none() {
+            if base_version.is_none() {
                 return Err((StandardError::invalid_write("update needs `baseVersion`"), None));
             }
             check_base(true)?;
-            let given = object(e.item.value.as_ref(), "update")?;
+            let given = object(value, "update")?;
             let merged = if e.options.as_ref().and_then(|o| o.merge) == Some(true) {
                 let mut m = c.value.clone();
                 m.extend(given);
@@ -119,7 +156,7 @@ pub fn apply_entry(
             if mode == UpsertMode::Strict {
                 check_base(true)?;
             }
-            let given = object(e.item.value.as_ref(), "upsert")?;
+            let given = object(value, "upsert")?;
             let value = match (cur, e.options.as_ref().and_then(|o| o.merge)) {
                 (Some(c), Some(true)) => {
                     let mut m = c.value.clone();
@@ -134,7 +171,7 @@ pub fn apply_entry(
             if cur.is_none() {
                 return Err((StandardError::not_found(format!("no record {id}")), None));
             }
-            if e.item.base_version.is_none() {
+            if base_version.is_none() {
                 return Err((StandardError::invalid_write("delete needs `baseVersion`"), None));
             }
             check_base(true)?;

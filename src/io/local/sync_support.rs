@@ -8,9 +8,10 @@ use serde_json::{Map, Value as Json};
 use super::{LocalExecutor, decode, encode, encode_into, storage, table_name};
 use crate::core::WriteAction;
 use crate::io::executor::BoxFuture;
+use crate::io::outbox;
 use crate::protocol::{
-    StandardError, Stored, WireWriteEntry, WriteItemResult, WriteRequest, WriteResult, apply_entry, entry_target,
-    with_version,
+    StandardError, Stored, WireWriteEntry, WriteItemResult, WriteRequest, WriteResult, apply_entry, apply_entry_taking,
+    entry_target, with_version,
 };
 
 impl LocalExecutor {
@@ -81,17 +82,21 @@ impl LocalExecutor {
     /// version bump (a record keeps the last version a server gave it; the server decides
     /// when the outbox pushes the write). `applied` is called for each entry that applied,
     /// with the JSON of the record as stored (`None` after a delete), before the next one.
+    ///
+    /// The value of an entry the outbox queues with the stored record in its place (a create
+    /// or a full-value write: [`outbox::pushes_record`]) moves into the record and is gone
+    /// from `req` after; other entries keep theirs.
     pub(crate) fn write_local_first_in(
         &self,
         txn: &WriteTransaction,
-        req: &WriteRequest,
+        req: &mut WriteRequest,
         mut applied: impl FnMut(&WireWriteEntry, Option<&[u8]>) -> Result<(), StandardError>,
     ) -> Result<WriteResult, StandardError> {
         let name = table_name(&req.resource);
         let mut table = txn.open_table(TableDefinition::<&str, &[u8]>::new(&name)).map_err(storage)?;
         let mut results = Vec::with_capacity(req.entries.len());
         let mut row = Vec::new();
-        for e in &req.entries {
+        for e in &mut req.entries {
             let Some(id) = entry_target(e) else {
                 results.push(WriteItemResult::err(
                     e.entry_id.clone(),
@@ -105,18 +110,17 @@ impl LocalExecutor {
                 None => None,
             };
             let kept = cur.as_ref().map_or(0, |c| c.version);
-            // Based on what is here: the local apply never conflicts with itself. (A copy only
-            // when the base differs; a create has none.)
-            let rebased;
-            let local = if cur.is_some() && e.action != WriteAction::Create && e.item.base_version != Some(kept) {
-                let mut l = e.clone();
-                l.item.base_version = Some(kept);
-                rebased = l;
-                &rebased
+            // Based on what is here: the local apply never conflicts with itself.
+            let base = if cur.is_some() && e.action != WriteAction::Create { Some(kept) } else { e.item.base_version };
+            let outcome = if outbox::pushes_record(e) {
+                apply_entry_taking(e, base, cur.as_ref(), || id.clone())
+            } else if base == e.item.base_version {
+                apply_entry(e, cur.as_ref(), || id.clone())
             } else {
-                e
+                let mut rebased = e.clone();
+                apply_entry_taking(&mut rebased, base, cur.as_ref(), || id.clone())
             };
-            let r = match apply_entry(local, cur.as_ref(), || id.clone()) {
+            let r = match outcome {
                 Ok(a) => {
                     let value = match a.next {
                         Some(n) => {

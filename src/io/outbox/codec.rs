@@ -132,7 +132,7 @@ pub(super) fn encode(
     if base_version.is_some() {
         present |= HAS_BASE;
     }
-    if item.value.is_some() {
+    if value.is_some() || item.value.is_some() {
         present |= HAS_VALUE;
     }
     if item.ops.is_some() {
@@ -157,9 +157,9 @@ pub(super) fn encode(
         put_json(buf, options, "options")?;
     }
     match (value, &item.value) {
-        (Some(bytes), Some(_)) => put_bytes(buf, bytes, "value")?,
+        (Some(bytes), _) => put_bytes(buf, bytes, "value")?,
         (None, Some(v)) => put_json(buf, v, "value")?,
-        (_, None) => {}
+        (None, None) => {}
     }
     Ok(())
 }

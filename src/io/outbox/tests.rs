@@ -211,13 +211,11 @@ fn check_indexes(db: &Database) {
         .expect("iter")
         .map(|r| r.map(|(k, v)| (k.value().to_owned(), v.value())).expect("row"))
         .collect();
-    // Every queued key names an item with that key, and every item's key is queued — except
-    // when a dead letter was retried after a new write reused its key: two items then share
-    // one key row, as before the indexes (so this checks one direction only).
+    // Every queued key names an item with that key, and every item's key is queued (a dead
+    // letter retried after a newer write reused its key goes under a key of its own).
     let key_of = |i: &OutboxItem| format!("{}\u{0}{}", i.resource, i.entry.item.meta.idempotency_key);
-    for (k, seq) in &keys {
-        assert!(items.iter().any(|i| i.seq == *seq && key_of(i) == *k), "key {k:?} names item {seq}");
-    }
+    let expected_keys: BTreeMap<String, u64> = items.iter().map(|i| (key_of(i), i.seq)).collect();
+    assert_eq!(keys, expected_keys, "one key row per queued item");
     let letters = dead_letters(db).expect("dead");
     let dead = letters.len();
     let last_seq = items.iter().map(|i| i.seq).chain(letters.iter().map(|d| d.item.seq));
@@ -415,6 +413,29 @@ fn counts_stay_exact_through_every_transition() {
     assert!(!resolve_dead(&db, 3, false).expect("gone"));
     assert_eq!(st(&db), (1, 0, 0, 4));
     check_indexes(&db);
+}
+
+#[test]
+fn a_letter_whose_key_a_newer_write_reused_is_retried_under_a_key_of_its_own() {
+    let db = mem_db();
+    put_all(&db, &[entry(WriteAction::Create, "a", "k1", serde_json::json!({"n": 1}), None)]);
+    assert_eq!(reserve(&db, 10, 0).expect("reserve").len(), 1);
+    settle(&db, &[(1, Outcome::Rejected { error: StandardError::conflict("taken"), current: None })], 5)
+        .expect("settle");
+    // The key left the queue with the letter; a new write (another record) uses it again.
+    put_all(&db, &[entry(WriteAction::Create, "b", "k1", serde_json::json!({"n": 2}), None)]);
+    assert!(resolve_dead(&db, 1, true).expect("retry"));
+    check_indexes(&db);
+    let mut keys: Vec<(String, String)> =
+        items(&db).expect("items").into_iter().map(|i| (i.entity_id, i.entry.item.meta.idempotency_key)).collect();
+    keys.sort();
+    assert_eq!(keys, [("a".to_owned(), "k1#retry-1-1".to_owned()), ("b".to_owned(), "k1".to_owned())]);
+    // Each settles on its own: acking one leaves the other's key queued.
+    let got = reserve(&db, 10, 0).expect("reserve");
+    assert_eq!(got.len(), 2);
+    settle(&db, &[(2, Outcome::Acked { version: Some(1) })], 5).expect("settle");
+    check_indexes(&db);
+    assert_eq!(items(&db).expect("items").len(), 1);
 }
 
 #[test]
