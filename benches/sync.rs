@@ -36,7 +36,8 @@
 //! plain summary with the ratios and targets.
 //!
 //! Environment: `ATOMA_BENCH_QUICK=1` shrinks every size for a smoke run;
-//! `ATOMA_BENCH_PARTS=a,c` runs only some parts. See docs/benchmarks.md.
+//! `ATOMA_BENCH_PARTS=a,c` runs only some parts; `ATOMA_BENCH_BUDGETS=500,1000` sets part
+//! (c)'s apply budgets. See docs/benchmarks.md.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -138,7 +139,10 @@ impl Sizes {
                 repeats: 3,
                 latency_iters: 200,
                 pull_records: 100_000,
-                budgets: vec![250, 500, 1_000, 2_000, 5_000],
+                budgets: std::env::var("ATOMA_BENCH_BUDGETS")
+                    .ok()
+                    .map(|v| v.split(',').filter_map(|b| b.trim().parse().ok()).collect())
+                    .unwrap_or_else(|| vec![250, 500, 1_000, 2_000, 5_000]),
             }
         }
     }
@@ -747,6 +751,9 @@ struct PullRun {
     total: Duration,
     /// From the app's first frame until the pull lane's last `Pulled` event was seen.
     pulled_at: Duration,
+    /// The three frames with the most CPU time: (frame in the window, records in the store
+    /// before it, CPU time).
+    heaviest: Vec<(usize, usize, Duration)>,
 }
 
 /// A fresh client pulls `n` records, its frames paced at 60 fps.
@@ -759,8 +766,9 @@ fn pull_run(env: &Env, n: usize, budget: usize) -> PullRun {
         schedule.set_executor(SingleThreadedExecutor::new());
     }
     let started = Instant::now();
-    // (wall, cpu, applied changes) per frame, from the first frame that applied a change.
-    let mut window: Vec<(Duration, Duration, bool)> = Vec::new();
+    // (wall, cpu, applied changes, records before it) per frame, from the first frame that
+    // applied a change.
+    let mut window: Vec<(Duration, Duration, bool, usize)> = Vec::new();
     let (mut first, mut last) = (None::<Instant>, None::<Instant>);
     let mut pulled = 0usize;
     let mut pulled_at = Duration::ZERO;
@@ -783,7 +791,7 @@ fn pull_run(env: &Env, n: usize, budget: usize) -> PullRun {
             last = Some(f0 + took);
         }
         if first.is_some() {
-            window.push((took, cpu, now > len));
+            window.push((took, cpu, now > len, len));
         }
         len = now;
         tick += FRAME_PERIOD;
@@ -795,8 +803,12 @@ fn pull_run(env: &Env, n: usize, budget: usize) -> PullRun {
     let total = started.elapsed();
     assert!(pulled >= n, "the pull lane reported {pulled} changes");
     let (first, last) = (first.expect("applied"), last.expect("applied"));
-    let (longest, longest_cpu, _) = window.iter().copied().max_by_key(|f| f.0).unwrap_or_default();
+    let (longest, longest_cpu, _, _) = window.iter().copied().max_by_key(|f| f.0).unwrap_or_default();
     let max_cpu = window.iter().map(|f| f.1).max().unwrap_or_default();
+    // The three frames that used the most CPU: where in the pull they came.
+    let mut by_cpu: Vec<_> = window.iter().enumerate().map(|(i, f)| (f.1, i, f.3)).collect();
+    by_cpu.sort_by_key(|f| std::cmp::Reverse(f.0));
+    let heaviest = by_cpu.iter().take(3).map(|&(cpu, frame, records)| (frame, records, cpu)).collect();
     let mut applying: Vec<Duration> = window.iter().filter(|f| f.2).map(|f| f.0).collect();
     applying.sort();
     drop(app);
@@ -812,6 +824,7 @@ fn pull_run(env: &Env, n: usize, budget: usize) -> PullRun {
         median_applying: applying[applying.len() / 2],
         total,
         pulled_at,
+        heaviest,
     }
 }
 
@@ -1036,6 +1049,14 @@ fn summary_c(w: &mut String, s: &Sizes) {
             r.total.as_secs_f64(),
             r.pulled_at.as_secs_f64()
         );
+        let heaviest: Vec<String> = r
+            .heaviest
+            .iter()
+            .map(|(frame, records, cpu)| {
+                format!("frame {frame} ({records} records before it) {:.2} ms", cpu.as_secs_f64() * 1e3)
+            })
+            .collect();
+        let _ = writeln!(w, "      most CPU: {}", heaviest.join("; "));
         if r.longest <= Duration::from_millis(8) {
             met.push(budget);
         }

@@ -177,3 +177,56 @@ fn the_writeback_transform_sees_remote_data_before_the_store() {
     wait_read(&mut app, t);
     assert_eq!(store(&app).get(&1).map(|p| p.name.as_str()), Some("ANN"));
 }
+
+/// A record whose id is a string (of digits, which the wire's JSON cannot tell from a number).
+#[derive(atoma::Record, Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[record(store = "codes")]
+struct Code {
+    id: String,
+    label: String,
+}
+
+#[test]
+fn string_ids_of_digits_and_numeric_ids_both_decode_from_the_wire() {
+    use atoma::io::Executor;
+    use atoma::protocol::{ItemMeta, WireWriteEntry, WriteItem, WriteRequest};
+    let remote = Remote::default();
+    let create = |id: &str| WireWriteEntry {
+        entry_id: id.into(),
+        action: atoma::core::WriteAction::Create,
+        item: WriteItem {
+            entity_id: Some(id.into()),
+            base_version: None,
+            value: Some(serde_json::json!({"id": id, "label": format!("code {id}")})),
+            ops: None,
+            meta: ItemMeta { idempotency_key: format!("k{id}"), client_time_ms: 1 },
+        },
+        options: None,
+    };
+    let req = WriteRequest { resource: "codes".into(), entries: vec![create("042"), create("7"), create("x1")] };
+    let rt = tokio::runtime::Builder::new_current_thread().build().expect("a runtime");
+    let seeded = rt.block_on(remote.0.write(req)).expect("seeded");
+    assert!(seeded.results.iter().all(|r| r.ok), "{seeded:?}");
+    seed_remote(&remote.0, &[player(5, "eve", 4)]);
+    let mut app = app(AtomaPlugin::in_memory().route("remote", Route::new(remote.clone())), |app| {
+        app.add_store::<Code>(StoreConfig::default().route("remote"));
+        app.add_store::<Player>(StoreConfig::default().route("remote"));
+    });
+    let codes = app
+        .world_mut()
+        .run_system_cached(|mut r: Reader<Code>| r.fetch(Query::default(), FetchPolicy::NetworkOnly))
+        .expect("runs");
+    let players = app
+        .world_mut()
+        .run_system_cached(|mut r: Reader<Player>| r.fetch(Query::default(), FetchPolicy::NetworkOnly))
+        .expect("runs");
+    run_until(&mut app, |app| {
+        app.world().resource::<Store<Code>>().len() == 3 && app.world().resource::<Store<Player>>().len() == 1
+    });
+    let store = app.world().resource::<Store<Code>>();
+    for id in ["042", "7", "x1"] {
+        assert_eq!(store.get(&id.to_owned()).map(|c| c.label.clone()), Some(format!("code {id}")), "{id}");
+    }
+    assert_eq!(app.world().resource::<Store<Player>>().get(&5).map(|p| p.name.clone()), Some("eve".into()));
+    let _ = (codes, players);
+}

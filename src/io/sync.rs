@@ -228,10 +228,14 @@ pub enum SyncEvent {
     },
 }
 
+/// Where a resource's synced changes go, called on the lane's thread (see
+/// [`SyncEngine::set_sink`]).
+pub type SyncSink = dyn Fn(Vec<SyncChange>) + Send + Sync;
+
 /// What the lanes send the ECS side.
 #[derive(Clone, Debug)]
 pub enum SyncOutput {
-    /// Changes for a store.
+    /// Changes for a store that has no sink ([`SyncEngine::set_sink`]).
     Apply {
         /// The store.
         resource: String,
@@ -247,6 +251,8 @@ struct Inner {
     transport: HttpTransport,
     config: SyncConfig,
     resources: Mutex<Vec<String>>,
+    /// Where each resource's changes go instead of `out`.
+    sinks: Mutex<HashMap<String, Arc<SyncSink>>>,
     out: Sender<SyncOutput>,
     push_wake: Notify,
     pull_wake: Notify,
@@ -281,6 +287,7 @@ impl SyncEngine {
                 transport,
                 config,
                 resources: Mutex::new(Vec::new()),
+                sinks: Mutex::new(HashMap::new()),
                 out,
                 push_wake: Notify::new(),
                 pull_wake: Notify::new(),
@@ -309,6 +316,25 @@ impl SyncEngine {
 
     fn db(&self) -> &Database {
         self.inner.local.database()
+    }
+
+    /// Sends this resource's changes to `sink`, called on the lane's thread, instead of as
+    /// [`SyncOutput::Apply`]: the ECS side gives each store one that decodes the records
+    /// there, so that a large pull's JSON is parsed and freed off the game thread.
+    pub fn set_sink(&self, resource: &str, sink: impl Fn(Vec<SyncChange>) + Send + Sync + 'static) {
+        let mut sinks = self.inner.sinks.lock().unwrap_or_else(|p| p.into_inner());
+        sinks.insert(resource.to_owned(), Arc::new(sink));
+    }
+
+    /// Hands a resource's changes to its sink, or to `out`.
+    fn deliver(&self, resource: String, changes: Vec<SyncChange>) {
+        let sink = self.inner.sinks.lock().unwrap_or_else(|p| p.into_inner()).get(&resource).cloned();
+        match sink {
+            Some(sink) => sink(changes),
+            None => {
+                let _ = self.inner.out.send(SyncOutput::Apply { resource, changes });
+            }
+        }
     }
 
     fn emit(&self, e: SyncEvent) {
@@ -563,7 +589,7 @@ impl SyncEngine {
         match settled {
             Ok(Ok(applies)) => {
                 for (resource, changes) in applies {
-                    let _ = self.inner.out.send(SyncOutput::Apply { resource, changes });
+                    self.deliver(resource, changes);
                 }
             }
             Ok(Err(e)) => self.emit(SyncEvent::PushFailed { error: e }),
@@ -738,7 +764,7 @@ impl SyncEngine {
                 .await
                 .map_err(|e| StandardError::internal(format!("pull apply task: {e}")))??;
             for (resource, changes) in applies {
-                let _ = self.inner.out.send(SyncOutput::Apply { resource, changes });
+                self.deliver(resource, changes);
             }
             if n > 0 || next != cursor {
                 self.emit(SyncEvent::Pulled { changes: n, cursor: next.clone() });

@@ -209,17 +209,11 @@ impl Plugin for AtomaPlugin {
                                 let policy =
                                     RoutePolicy { optimistic: true, implicit_fetch: false, stores_as_sent: false };
                                 routes.insert("sync", Route::new(engine.clone()).with_policy(policy));
-                                app.insert_resource(SyncLink {
-                                    engine,
-                                    rx,
-                                    inboxes: Default::default(),
-                                    started: false,
-                                    barriers: Vec::new(),
-                                })
-                                .init_resource::<SyncStatus>()
-                                .add_message::<SyncEvent>()
-                                .add_systems(PreUpdate, receive_sync.in_set(AtomaSystems::Receive))
-                                .add_systems(Last, start_barriers.before(flush).in_set(AtomaSystems::Flush));
+                                app.insert_resource(SyncLink { engine, rx, started: false, barriers: Vec::new() })
+                                    .init_resource::<SyncStatus>()
+                                    .add_message::<SyncEvent>()
+                                    .add_systems(PreUpdate, receive_sync.in_set(AtomaSystems::Receive))
+                                    .add_systems(Last, start_barriers.before(flush).in_set(AtomaSystems::Flush));
                             }
                             Err(e) => status.errors.push(format!("sync: {e}")),
                         }
@@ -346,9 +340,12 @@ impl AtomaAppExt for App {
             .get_resource::<Routes>()
             .and_then(|r| r.resolve(None, config.route.as_deref()).ok().map(|(n, _)| n == "sync"))
             .unwrap_or(false);
-        if on_sync && let Some(mut link) = self.world_mut().get_resource_mut::<SyncLink>() {
+        if on_sync && let Some(link) = self.world().get_resource::<SyncLink>() {
             link.engine.add_resource(T::STORE);
-            link.inboxes.insert(T::STORE.to_owned(), state.tx.clone());
+            let (tx, transforms) = (state.synced_tx.clone(), state.transforms.clone());
+            link.engine.set_sink(T::STORE, move |changes| {
+                let _ = tx.send(super::reduce::decode_synced(changes, &transforms));
+            });
         }
         self.insert_resource(Store::new(table))
             .insert_resource(state)

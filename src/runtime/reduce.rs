@@ -37,8 +37,6 @@ pub(crate) enum Inbound {
     Fetched { fetch: u64, result: Result<QueryResult, StandardError> },
     /// A read was answered.
     Read { ticket: Ticket, result: Result<QueryResult, StandardError> },
-    /// Changes from the sync lanes (acks and pulled changes), applied within a per-frame budget.
-    Synced { changes: Vec<SyncChange> },
 }
 
 /// A write sent to an executor (or held behind an earlier write of its record) and not yet
@@ -85,8 +83,12 @@ pub(crate) struct StoreState<T: Record> {
     pub mirror_dirty: Vec<T::Id>,
     /// Reads answered from the store without an executor, to publish next reduce.
     pub local_reads: Vec<ReadFinished<T>>,
+    /// Where the sync lanes send the store's changes (acks and pulled changes), decoded on
+    /// their thread ([`decode_synced`]).
+    pub synced_tx: Sender<Vec<Op<T>>>,
+    synced_rx: Receiver<Vec<Op<T>>>,
     /// Synced changes not yet applied (a large pull is applied over several frames).
-    synced: VecDeque<SyncChange>,
+    synced: VecDeque<Op<T>>,
     /// How many synced changes one frame applies at most.
     apply_budget: usize,
 }
@@ -94,6 +96,7 @@ pub(crate) struct StoreState<T: Record> {
 impl<T: Record> StoreState<T> {
     pub fn new(config: &StoreConfig<T>) -> Self {
         let (tx, rx) = crossbeam_channel::unbounded();
+        let (synced_tx, synced_rx) = crossbeam_channel::unbounded();
         Self {
             name: T::STORE,
             transforms: config.transforms.clone(),
@@ -111,6 +114,8 @@ impl<T: Record> StoreState<T> {
             changed: Vec::new(),
             mirror_dirty: Vec::new(),
             local_reads: Vec::new(),
+            synced_tx,
+            synced_rx,
             synced: VecDeque::new(),
             apply_budget: config.apply_budget.max(1),
         }
@@ -123,7 +128,37 @@ impl<T: Record> StoreState<T> {
 
 /// Run condition: whether the store has anything to do this frame.
 pub(crate) fn has_work<T: Record>(state: Res<StoreState<T>>, intents: Res<Messages<WriteIntent<T>>>) -> bool {
-    !intents.is_empty() || !state.rx.is_empty() || !state.local_reads.is_empty() || !state.synced.is_empty()
+    !intents.is_empty()
+        || !state.rx.is_empty()
+        || !state.local_reads.is_empty()
+        || !state.synced.is_empty()
+        || !state.synced_rx.is_empty()
+}
+
+/// Turns the sync lanes' changes into the store's ops — on the lane's thread, so that a large
+/// pull's JSON is decoded (through the writeback or inbound transform) and freed there, not in
+/// a frame. A change whose id or record does not decode is dropped, as a malformed remote
+/// record is everywhere else.
+pub(crate) fn decode_synced<T: Record>(changes: Vec<SyncChange>, transforms: &Transforms<T>) -> Vec<Op<T>> {
+    let mut ops = Vec::with_capacity(changes.len());
+    for change in changes {
+        let (id, version, value, ack) = match change {
+            SyncChange::Acked { id, version, value } => (id, version, value, true),
+            SyncChange::Remote { id, version, value } => (id, version, value, false),
+        };
+        let Ok(id) = id.parse::<T::Id>() else { continue };
+        let record = match value {
+            Some(m) => {
+                match from_json::<T>(m, if ack { transforms.writeback.as_ref() } else { transforms.inbound.as_ref() }) {
+                    Ok(r) => Some(r),
+                    Err(_) => continue,
+                }
+            }
+            None => None,
+        };
+        ops.push(if ack { Op::Writeback { id, version, record } } else { Op::Remote { id, version, record } });
+    }
+    ops
 }
 
 /// Turns a record's JSON (from an executor) into `T`, through the inbound (or writeback)
@@ -147,11 +182,19 @@ pub(crate) fn from_json<T: Record>(
         };
         match numeric {
             Some(n) => {
-                let mut as_number = m.clone();
-                as_number.insert("id".into(), n);
-                match serde_json::from_value(Json::Object(as_number)) {
+                // Tried by reference (no copy of the map): a record whose id is a string of
+                // digits falls back to the string.
+                let original = m.insert("id".into(), n);
+                let v = Json::Object(m);
+                match T::deserialize(&v) {
                     Ok(r) => r,
-                    Err(_) => serde_json::from_value(Json::Object(m)).map_err(|e| format!("{}: {e}", T::STORE))?,
+                    Err(_) => {
+                        let Json::Object(mut m) = v else { return Err(format!("{}: not an object", T::STORE)) };
+                        if let Some(o) = original {
+                            m.insert("id".into(), o);
+                        }
+                        serde_json::from_value(Json::Object(m)).map_err(|e| format!("{}: {e}", T::STORE))?
+                    }
                 }
             }
             None => serde_json::from_value(Json::Object(m)).map_err(|e| format!("{}: {e}", T::STORE))?,
@@ -453,28 +496,16 @@ pub(crate) fn reduce_store<T: Record>(
                     }
                 }
             }
-            Inbound::Synced { changes } => state.synced.extend(changes),
         }
     }
     // Synced changes, within the frame's budget (a 100,000-change pull never stalls a frame).
+    for decoded in state.synced_rx.try_iter() {
+        state.synced.extend(decoded);
+    }
     let take = state.synced.len().min(state.apply_budget);
-    for change in state.synced.drain(..take) {
-        let (id, version, value, ack) = match change {
-            SyncChange::Acked { id, version, value } => (id, version, value, true),
-            SyncChange::Remote { id, version, value } => (id, version, value, false),
-        };
-        let Ok(id) = id.parse::<T::Id>() else { continue };
-        let record = match value {
-            Some(m) => match from_json::<T>(
-                m,
-                if ack { state.transforms.writeback.as_ref() } else { state.transforms.inbound.as_ref() },
-            ) {
-                Ok(r) => Some(r),
-                Err(_) => continue,
-            },
-            None => None,
-        };
-        let op = if ack { Op::Writeback { id, version, record } } else { Op::Remote { id, version, record } };
+    ops.reserve(take);
+    op_tickets.reserve(take);
+    for op in state.synced.drain(..take) {
         ops.push((op, sync_meta()));
         op_tickets.push(None);
     }

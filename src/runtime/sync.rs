@@ -2,15 +2,14 @@
 //! system parameter (barriers, pull / push now, dead letters), and the `Receive` system that
 //! routes what the sync lanes learned to the stores.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use bevy_ecs::message::MessageWriter;
 use bevy_ecs::resource::Resource;
 use bevy_ecs::system::{Res, ResMut, SystemParam};
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 
 use super::flush::{IoRuntimeRes, Outgoing};
-use super::reduce::Inbound;
 use crate::io::outbox::DeadLetter;
 use crate::io::{SyncEngine, SyncEvent, SyncMode, SyncOutput};
 
@@ -48,7 +47,6 @@ impl SyncStatus {
 pub(crate) struct SyncLink {
     pub engine: SyncEngine,
     pub rx: Receiver<SyncOutput>,
-    pub inboxes: HashMap<String, Sender<Inbound>>,
     pub started: bool,
     /// Barriers asked for this frame, started on the flush thread after the frame's writes.
     pub barriers: Vec<u64>,
@@ -91,11 +89,8 @@ pub(crate) fn receive_sync(
     }
     for out in link.rx.try_iter() {
         match out {
-            SyncOutput::Apply { resource, changes } => {
-                if let Some(tx) = link.inboxes.get(&resource) {
-                    let _ = tx.send(Inbound::Synced { changes });
-                }
-            }
+            // Each synced store has a sink: its changes go there, decoded on the lane's thread.
+            SyncOutput::Apply { .. } => {}
             SyncOutput::Event(e) => {
                 match &e {
                     SyncEvent::Started { mode } => status.mode = Some(*mode),
