@@ -61,7 +61,7 @@ impl<T: Record> Default for StoreConfig<T> {
             mirror: false,
             history: true,
             seed: None,
-            apply_budget: 500,
+            apply_budget: 1000,
         }
     }
 }
@@ -116,9 +116,9 @@ impl<T: Record> StoreConfig<T> {
     pub fn transforms(&self) -> &Transforms<T> {
         &self.transforms
     }
-    /// At most this many synced changes are applied per frame (default 500: ≈ 3–5 ms of CPU with
-    /// three indexes, which leaves room under an 8 ms frame when the machine is busy): a large
-    /// pull is spread over frames instead of stalling one.
+    /// At most this many synced changes are applied per frame (default 1000: ≈ 1–3 ms of the
+    /// game thread with three indexes, as the records arrive decoded): a large pull is spread
+    /// over frames instead of stalling one.
     pub fn apply_budget(mut self, n: usize) -> Self {
         self.apply_budget = n;
         self
