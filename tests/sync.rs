@@ -310,3 +310,43 @@ fn modes_run_only_their_lanes() {
     assert_eq!(status(&puller).pending, 1);
     assert!(!store(&writer).contains(&2), "push-only pulls nothing either");
 }
+
+#[test]
+fn a_pulled_record_the_store_refuses_is_reported_and_the_rest_apply() {
+    let server = TestServer::start("", Some(&temp_dir("sync-server-9")));
+    let mut a = client(&server.url, &temp_dir("sync-a-9"), 2000);
+    // B's inbound transform refuses levels above 50 (as a newer schema might).
+    let mut config = SyncConfig::new(&server.url);
+    config.pull_interval = Duration::from_millis(200);
+    let mut b =
+        app(AtomaPlugin::default().data_dir(temp_dir("sync-b-9")).sync(config).default_route("sync"), |app| {
+            app.add_store::<Player>(StoreConfig::default().inbound(|p: Player| {
+                if p.level > 50 { Err(format!("level {} is out of range", p.level)) } else { Ok(p) }
+            }));
+        });
+    a.world_mut()
+        .run_system_cached(|mut w: Writer<Player>| {
+            w.create(player(1, "fine", 10));
+            w.create(player(2, "odd", 99));
+            w.create(player(3, "fine too", 20));
+        })
+        .expect("runs");
+    let mut events = Vec::new();
+    assert!(converge(&mut a, &mut b, |_, b| store(b).len() == 2));
+    assert!(run_until(&mut b, |b| {
+        events.extend(b.world_mut().resource_mut::<Messages<SyncEvent>>().drain());
+        events.iter().any(|e| matches!(e, SyncEvent::Undecodable { .. }))
+    }));
+    let refused: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            SyncEvent::Undecodable { resource, id, error } => Some((resource.clone(), id.clone(), error.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!((refused[0].0.as_str(), refused[0].1.as_str()), ("players", "2"));
+    assert!(refused[0].2.contains("out of range"), "{}", refused[0].2);
+    assert!(store(&b).get(&1).is_some() && store(&b).get(&3).is_some() && store(&b).get(&2).is_none());
+    assert!(status(&b).last_error.is_some_and(|e| e.contains("record 2")));
+}

@@ -219,6 +219,17 @@ pub enum SyncEvent {
         /// The barrier.
         id: u64,
     },
+    /// A synced record the store could not take: its JSON does not decode into the store's
+    /// type, or its inbound / writeback transform refused it. The store keeps what it had for
+    /// the record (the local data file holds the server's copy as pulled).
+    Undecodable {
+        /// The store.
+        resource: String,
+        /// The record.
+        id: String,
+        /// Why.
+        error: String,
+    },
     /// The outbox's counts changed.
     Outbox {
         /// The counts.
@@ -229,8 +240,8 @@ pub enum SyncEvent {
 }
 
 /// Where a resource's synced changes go, called on the lane's thread (see
-/// [`SyncEngine::set_sink`]).
-pub type SyncSink = dyn Fn(Vec<SyncChange>) + Send + Sync;
+/// [`SyncEngine::set_sink`]). Returns the changes it could not take, as (record id, why).
+pub type SyncSink = dyn Fn(Vec<SyncChange>) -> Vec<(String, String)> + Send + Sync;
 
 /// What the lanes send the ECS side.
 #[derive(Clone, Debug)]
@@ -321,7 +332,12 @@ impl SyncEngine {
     /// Sends this resource's changes to `sink`, called on the lane's thread, instead of as
     /// [`SyncOutput::Apply`]: the ECS side gives each store one that decodes the records
     /// there, so that a large pull's JSON is parsed and freed off the game thread.
-    pub fn set_sink(&self, resource: &str, sink: impl Fn(Vec<SyncChange>) + Send + Sync + 'static) {
+    /// Each change it returns as not taken is reported as [`SyncEvent::Undecodable`].
+    pub fn set_sink(
+        &self,
+        resource: &str,
+        sink: impl Fn(Vec<SyncChange>) -> Vec<(String, String)> + Send + Sync + 'static,
+    ) {
         let mut sinks = self.inner.sinks.lock().unwrap_or_else(|p| p.into_inner());
         sinks.insert(resource.to_owned(), Arc::new(sink));
     }
@@ -330,7 +346,11 @@ impl SyncEngine {
     fn deliver(&self, resource: String, changes: Vec<SyncChange>) {
         let sink = self.inner.sinks.lock().unwrap_or_else(|p| p.into_inner()).get(&resource).cloned();
         match sink {
-            Some(sink) => sink(changes),
+            Some(sink) => {
+                for (id, error) in sink(changes) {
+                    self.emit(SyncEvent::Undecodable { resource: resource.clone(), id, error });
+                }
+            }
             None => {
                 let _ = self.inner.out.send(SyncOutput::Apply { resource, changes });
             }

@@ -344,7 +344,11 @@ impl AtomaAppExt for App {
             link.engine.add_resource(T::STORE);
             let (tx, transforms) = (state.synced_tx.clone(), state.transforms.clone());
             link.engine.set_sink(T::STORE, move |changes| {
-                let _ = tx.send(super::reduce::decode_synced(changes, &transforms));
+                let (ops, refused) = super::reduce::decode_synced(changes, &transforms);
+                if !ops.is_empty() {
+                    let _ = tx.send(ops);
+                }
+                refused
             });
         }
         self.insert_resource(Store::new(table))

@@ -137,28 +137,38 @@ pub(crate) fn has_work<T: Record>(state: Res<StoreState<T>>, intents: Res<Messag
 
 /// Turns the sync lanes' changes into the store's ops — on the lane's thread, so that a large
 /// pull's JSON is decoded (through the writeback or inbound transform) and freed there, not in
-/// a frame. A change whose id or record does not decode is dropped, as a malformed remote
-/// record is everywhere else.
-pub(crate) fn decode_synced<T: Record>(changes: Vec<SyncChange>, transforms: &Transforms<T>) -> Vec<Op<T>> {
+/// a frame. Returns the ops and the changes it could not take, as (record id, why).
+pub(crate) fn decode_synced<T: Record>(
+    changes: Vec<SyncChange>,
+    transforms: &Transforms<T>,
+) -> (Vec<Op<T>>, Vec<(String, String)>) {
     let mut ops = Vec::with_capacity(changes.len());
+    let mut refused = Vec::new();
     for change in changes {
         let (id, version, value, ack) = match change {
             SyncChange::Acked { id, version, value } => (id, version, value, true),
             SyncChange::Remote { id, version, value } => (id, version, value, false),
         };
-        let Ok(id) = id.parse::<T::Id>() else { continue };
+        let Ok(typed) = id.parse::<T::Id>() else {
+            refused.push((id, format!("{}: not a valid id", T::STORE)));
+            continue;
+        };
         let record = match value {
             Some(m) => {
                 match from_json::<T>(m, if ack { transforms.writeback.as_ref() } else { transforms.inbound.as_ref() }) {
                     Ok(r) => Some(r),
-                    Err(_) => continue,
+                    Err(e) => {
+                        refused.push((id, e));
+                        continue;
+                    }
                 }
             }
             None => None,
         };
+        let id = typed;
         ops.push(if ack { Op::Writeback { id, version, record } } else { Op::Remote { id, version, record } });
     }
-    ops
+    (ops, refused)
 }
 
 /// Turns a record's JSON (from an executor) into `T`, through the inbound (or writeback)

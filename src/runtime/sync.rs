@@ -108,6 +108,9 @@ pub(crate) fn receive_sync(
                     SyncEvent::PushFailed { error } | SyncEvent::PullFailed { error } => {
                         status.last_error = Some(error.to_string());
                     }
+                    SyncEvent::Undecodable { resource, id, error } => {
+                        status.last_error = Some(format!("{resource} record {id} was not applied: {error}"));
+                    }
                     SyncEvent::BarrierReached { id } => {
                         status.barriers_reached.insert(*id);
                     }
