@@ -24,7 +24,8 @@
 //! ratios and targets, and a phase breakdown of the batched frame.
 //!
 //! Environment: `ATOMA_BENCH_QUICK=1` shrinks every size for a smoke run;
-//! `ATOMA_BENCH_PARTS=a,c` runs only some parts (criterion and summary alike; for profiling).
+//! `ATOMA_BENCH_PARTS=a,c` runs only some parts (criterion and summary alike; for profiling);
+//! `ATOMA_BENCH_SINGLE=100` times only 100 one-intent frames in part (a).
 //! See docs/benchmarks.md.
 
 use std::collections::VecDeque;
@@ -149,6 +150,15 @@ impl Sizes {
                 local_single: 300,
             }
         }
+    }
+
+    /// `ATOMA_BENCH_SINGLE=N` times N one-intent frames in part (a) instead (for profiling
+    /// the batched frame: the one-intent frames dominate a profile otherwise).
+    fn with_env_overrides(mut self) -> Self {
+        if let Some(n) = std::env::var("ATOMA_BENCH_SINGLE").ok().and_then(|v| v.parse::<usize>().ok()) {
+            self.single_frames = n.max(1);
+        }
+        self
     }
 
     fn runs(&self, part: char) -> bool {
@@ -947,7 +957,7 @@ fn cpus() -> usize {
 }
 
 fn main() {
-    let sizes = Sizes::from_env();
+    let sizes = Sizes::from_env().with_env_overrides();
     println!(
         "atoma frame bench{}: parts {}; (a) {} records, {} intents per batched frame; (b) {} idle stores; (c) local route, {:?} records per frame",
         if sizes.quick { " (ATOMA_BENCH_QUICK)" } else { "" },

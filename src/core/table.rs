@@ -187,6 +187,12 @@ impl<R: Keyed> Table<R> {
     ///
     /// Returns how many records changed.
     pub fn apply(&mut self, changes: impl IntoIterator<Item = Change<R>>) -> usize {
+        self.apply_keeping(changes, &mut Vec::new())
+    }
+
+    /// [`apply`](Self::apply), moving the entries it replaces or deletes into `old` instead
+    /// of dropping them (a caller can free them elsewhere: off the game thread).
+    pub fn apply_keeping(&mut self, changes: impl IntoIterator<Item = Change<R>>, old: &mut Vec<Entry<R>>) -> usize {
         let changes = changes.into_iter();
         let batched = changes.size_hint().0 >= BATCH_MIN && self.indexes.iter().any(FieldIndex::batches);
         let hint = changes.size_hint().0;
@@ -203,6 +209,7 @@ impl<R: Keyed> Table<R> {
             touched.bits = vec![0; (self.slots.len() + hint) / 64 + 1];
             touched.set = Vec::with_capacity(hint);
         }
+        old.reserve(hint);
         let mut n = 0;
         for (id, next) in changes {
             n += 1;
@@ -216,8 +223,8 @@ impl<R: Keyed> Table<R> {
                 }
             }
             match (slot, next) {
-                (Some(slot), Some(next)) => self.replace(slot, next, &mut batch),
-                (Some(slot), None) => self.delete(slot, &id, &mut batch),
+                (Some(slot), Some(next)) => old.extend(self.replace(slot, next, &mut batch)),
+                (Some(slot), None) => old.extend(self.delete(slot, &id, &mut batch)),
                 (None, Some(next)) => self.insert(id, next, &mut batch),
                 (None, None) => n -= 1,
             }
@@ -254,8 +261,9 @@ impl<R: Keyed> Table<R> {
         }
     }
 
-    fn replace(&mut self, slot: u32, next: Entry<R>, batch: &mut [Option<OrderedBatch>]) {
-        let Some(old) = self.slots[slot as usize].take() else { return };
+    /// Sets a slot's entry; returns the one it held.
+    fn replace(&mut self, slot: u32, next: Entry<R>, batch: &mut [Option<OrderedBatch>]) -> Option<Entry<R>> {
+        let old = self.slots[slot as usize].take()?;
         // Which indexes see a change (an index past the 64th is always updated).
         let mut changed = 0u64;
         for (k, i) in self.indexes.iter().enumerate() {
@@ -267,7 +275,7 @@ impl<R: Keyed> Table<R> {
         if changed == 0 {
             // Only the version or unindexed fields changed.
             self.slots[slot as usize] = Some(next);
-            return;
+            return Some(old);
         }
         // Remove with the old record in place (id-ordered postings compare against it).
         self.slots[slot as usize] = Some(old);
@@ -282,7 +290,7 @@ impl<R: Keyed> Table<R> {
                 }
             }
         }
-        self.slots[slot as usize] = Some(next);
+        let old = self.slots[slot as usize].replace(next);
         let slots = &self.slots;
         let by_id = |a, b| cmp_slot_ids(slots, a, b);
         for (k, (index, b)) in self.indexes.iter_mut().zip(batch.iter_mut()).enumerate() {
@@ -292,9 +300,11 @@ impl<R: Keyed> Table<R> {
                 index.insert_in(slot, &e.record, &by_id, b.as_mut());
             }
         }
+        old
     }
 
-    fn delete(&mut self, slot: u32, id: &R::Id, batch: &mut [Option<OrderedBatch>]) {
+    /// Empties a slot; returns the entry it held.
+    fn delete(&mut self, slot: u32, id: &R::Id, batch: &mut [Option<OrderedBatch>]) -> Option<Entry<R>> {
         {
             let slots = &self.slots;
             let by_id = |a, b| cmp_slot_ids(slots, a, b);
@@ -304,9 +314,10 @@ impl<R: Keyed> Table<R> {
                 }
             }
         }
-        self.slots[slot as usize] = None;
+        let old = self.slots[slot as usize].take();
         self.by_id.remove(id);
         self.free.push(slot);
+        old
     }
 
     fn insert(&mut self, id: R::Id, next: Entry<R>, batch: &mut [Option<OrderedBatch>]) {

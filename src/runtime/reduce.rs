@@ -367,6 +367,7 @@ pub(crate) fn reduce_store<T: Record>(
     let mut releases: Vec<T::Id> = Vec::new();
     let sync_meta = || OpMeta { origin: Origin::Sync, ..OpMeta::default() };
     let table = &store.bypass_change_detection().table;
+    let mut leftovers = Leftovers::<T>::default();
 
     // 1. What the async side sent.
     let inbound: Vec<Inbound> = state.rx.try_iter().collect();
@@ -412,7 +413,7 @@ pub(crate) fn reduce_store<T: Record>(
                             None,
                         )
                     });
-                    settle_flight(state, f, r, &mut ops, &mut op_tickets, &mut settle_now);
+                    settle_flight(state, f, r, &mut ops, &mut op_tickets, &mut settle_now, &mut leftovers);
                 }
             }
             Inbound::Fetched { fetch, result } => {
@@ -620,6 +621,7 @@ pub(crate) fn reduce_store<T: Record>(
     };
 
     if ops.is_empty() && to_send.is_empty() && version_only.is_empty() {
+        leftovers.hand_over(&mut outgoing);
         emit(&mut settled, settle_now);
         let mut local = std::mem::take(&mut state.local_reads);
         publish_reads(&mut read_done, reads_done, &mut local);
@@ -742,7 +744,7 @@ pub(crate) fn reduce_store<T: Record>(
     let bumped = store.bypass_change_detection().table.set_versions(version_only, &mut changed);
     if !changes.is_empty() || bumped > 0 {
         let store = &mut *store;
-        store.table.apply(changes);
+        store.table.apply_keeping(changes, &mut leftovers.entries);
         store.revision += 1;
         let m = metrics.entry(name);
         m.commits += 1;
@@ -755,6 +757,7 @@ pub(crate) fn reduce_store<T: Record>(
         state.mirror_dirty.extend(changed.iter().cloned());
     }
     state.changed = changed;
+    leftovers.hand_over(&mut outgoing);
     emit(&mut settled, settle_now);
     let mut local = std::mem::take(&mut state.local_reads);
     publish_reads(&mut read_done, reads_done, &mut local);
@@ -875,15 +878,38 @@ fn send<T: Record>(state: &mut StoreState<T>, routes: &Routes, outgoing: &mut Ou
     }
 }
 
+/// What a frame's reduce leaves behind — the records a commit replaced, settled writes and
+/// their answers — freed on the flush thread instead of in the frame.
+struct Leftovers<T: Record> {
+    entries: Vec<Entry<T>>,
+    writes: Vec<(Vec<Inverse<T>>, WriteEntry<T>)>,
+    results: Vec<crate::protocol::WriteItemResult>,
+}
+
+impl<T: Record> Default for Leftovers<T> {
+    fn default() -> Self {
+        Self { entries: Vec::new(), writes: Vec::new(), results: Vec::new() }
+    }
+}
+
+impl<T: Record> Leftovers<T> {
+    fn hand_over(self, outgoing: &mut Outgoing) {
+        if !(self.entries.is_empty() && self.writes.is_empty() && self.results.is_empty()) {
+            outgoing.drop_later(self);
+        }
+    }
+}
+
 /// Settles one answered flight: writeback on success; rollback (and the executor's current
 /// copy) on failure.
 fn settle_flight<T: Record>(
     state: &mut StoreState<T>,
     f: Flight<T>,
-    r: crate::protocol::WriteItemResult,
+    mut r: crate::protocol::WriteItemResult,
     ops: &mut Vec<(Op<T>, OpMeta)>,
     op_tickets: &mut Vec<Option<Ticket>>,
     settle_now: &mut Vec<WriteSettled<T>>,
+    leftovers: &mut Leftovers<T>,
 ) {
     let name = state.name;
     let sync_meta = || OpMeta { origin: Origin::Sync, ..OpMeta::default() };
@@ -903,6 +929,7 @@ fn settle_flight<T: Record>(
         };
         let record = r
             .data
+            .take()
             .filter(|_| takes_copy || !f.optimistic)
             .and_then(|d| match d {
                 Json::Object(m) => from_json::<T>(m, state.transforms.writeback.as_ref()).ok(),
@@ -927,6 +954,8 @@ fn settle_flight<T: Record>(
             (None, _) => {}
         }
         settle_now.push(WriteSettled { ticket: f.ticket, id: Some(f.id), result: Ok(r.version) });
+        leftovers.writes.push((f.inverse, f.write));
+        leftovers.results.push(r);
         return;
     }
     let error = r.error.unwrap_or_else(|| StandardError::internal("a failed result without an error"));
