@@ -20,10 +20,11 @@ pub trait Fields {
 
     /// A dotted path such as `"stats.hp"`: each step but the last must reach an object.
     fn path(&self, path: &str) -> Option<Value<'_>> {
-        match path.split_once('.') {
+        // A plain byte scan: field names are short, and indexes ask on every changed record.
+        match path.bytes().position(|b| b == b'.') {
             None => self.field(path),
-            Some((head, rest)) => match self.field(head)? {
-                Value::Object(inner) => inner.path(rest),
+            Some(dot) => match self.field(&path[..dot])? {
+                Value::Object(inner) => inner.path(&path[dot + 1..]),
                 _ => None,
             },
         }

@@ -232,27 +232,36 @@ impl Key {
 }
 
 impl PartialEq for Key {
+    #[inline]
     fn eq(&self, other: &Self) -> bool {
         self.cmp(other) == Ordering::Equal
     }
 }
 impl Eq for Key {}
 impl PartialOrd for Key {
+    #[inline]
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
 impl Ord for Key {
-    #[inline]
+    #[inline(always)]
     fn cmp(&self, other: &Self) -> Ordering {
-        // Keys of one index are nearly always of one kind: compare those directly (an
-        // ordered index's large commit sorts and merges hundreds of thousands of them).
+        // Keys of one index are nearly always of one kind: compare those directly, inlined
+        // (an ordered index's large commit sorts and merges hundreds of thousands of them).
         match (self, other) {
             (Key::Int(a), Key::Int(b)) => a.cmp(b),
             (Key::Str(a), Key::Str(b)) => a.cmp(b),
-            _ => self.as_value().total_cmp(&other.as_value()),
+            _ => mixed_cmp(self, other),
         }
     }
+}
+
+/// [`Key::cmp`] of keys of different kinds (or of floats, bools, lists): out of line.
+#[inline(never)]
+#[cold]
+fn mixed_cmp(a: &Key, b: &Key) -> Ordering {
+    a.as_value().total_cmp(&b.as_value())
 }
 impl Hash for Key {
     fn hash<H: Hasher>(&self, state: &mut H) {

@@ -100,21 +100,47 @@ impl<T: Ord> ChunkedSet<T> {
         }
         let old = std::mem::take(&mut self.chunks);
         let mut out = Builder { chunks: Vec::with_capacity((self.len + insert.len()) / FILL + 1), len: 0 };
-        let mut rem = remove.into_iter().peekable();
-        let mut ins = insert.into_iter().peekable();
+        let mut rem: &[T] = &remove;
+        let mut ins = insert.into_iter();
+        // Which queue holds the next change (the smaller head): an entry below it is kept as
+        // it is, at the cost of one comparison.
+        let next_of = |ins: &[T], rem: &[T]| match (ins.first(), rem.first()) {
+            (Some(i), Some(r)) => Next::Either(i <= r),
+            (Some(_), None) => Next::Either(true),
+            (None, Some(_)) => Next::Either(false),
+            (None, None) => Next::Done,
+        };
+        let mut next = next_of(ins.as_slice(), rem);
         for e in old.into_iter().flatten() {
+            let below = match next {
+                Next::Done => true,
+                Next::Either(true) => ins.as_slice().first().is_none_or(|i| e < *i),
+                Next::Either(false) => rem.first().is_none_or(|r| e < *r),
+            };
+            if below {
+                out.push(e);
+                continue;
+            }
             // Insertions before `e`; one equal to `e` keeps it even if it is removed (removals
             // come first).
             let mut again = false;
-            while let Some(i) = ins.next_if(|i| *i <= e) {
+            while ins.as_slice().first().is_some_and(|i| *i <= e) {
+                let Some(i) = ins.next() else { break };
                 if i < e {
                     out.push(i);
                 } else {
                     again = true;
                 }
             }
-            while rem.next_if(|r| *r < e).is_some() {}
-            if rem.next_if(|r| *r == e).is_some() && !again {
+            while rem.first().is_some_and(|r| *r < e) {
+                rem = &rem[1..];
+            }
+            let removed = rem.first().is_some_and(|r| *r == e);
+            if removed {
+                rem = &rem[1..];
+            }
+            next = next_of(ins.as_slice(), rem);
+            if removed && !again {
                 continue;
             }
             out.push(e);
@@ -167,6 +193,15 @@ impl<T: Ord> ChunkedSet<T> {
             c[from.min(to)..to].iter()
         })
     }
+}
+
+/// Which queue of a merge holds the next change.
+#[derive(Clone, Copy)]
+enum Next {
+    /// `true`: the insertions (their head is not above the removals'); `false`: the removals.
+    Either(bool),
+    /// No change is left.
+    Done,
 }
 
 /// Collects sorted entries into chunks of [`FILL`].
