@@ -212,6 +212,45 @@ proptest! {
         }
     }
 
+    /// A commit of distinct records large enough to update its indexes in parallel (in test
+    /// builds: 16+): inserts, replacements and deletes, each index on its own thread.
+    #[test]
+    fn parallel_index_updates_keep_the_indexes_exact(
+        records in proptest::collection::vec(record(), 0..60),
+        updates in proptest::collection::vec((record(), any::<bool>()), 16..120),
+        f in proptest::option::of(filter()),
+        sort in sorts(),
+        by_id in any::<bool>(),
+    ) {
+        let (mut t, _) = table_sorted(&records, by_id);
+        // One change per record (the last one given).
+        let mut by: std::collections::BTreeMap<String, (JsonRecord, bool)> = std::collections::BTreeMap::new();
+        for (r, delete) in updates {
+            let r = JsonRecord::from_value(r).expect("valid record");
+            by.insert(r.id().clone(), (r, delete));
+        }
+        let changes: Vec<_> = by.into_values().map(|(r, delete)| (r.id().clone(), (!delete).then(|| Entry::new(r, 2)))).collect();
+        let mut old = Vec::new();
+        let n = t.apply_keeping(changes.clone(), &mut old);
+        let existed = changes.iter().filter(|(id, _)| old.iter().any(|e| e.record.id() == id)).count();
+        prop_assert_eq!(old.len(), existed, "each replaced or deleted record comes back once");
+        prop_assert_eq!(n, changes.iter().filter(|(id, next)| next.is_some() || old.iter().any(|e| e.record.id() == id)).count());
+        let q = Query { filter: f, sort, page: None };
+        check_same(&t, &q)?;
+        for field in ["level", "score", "guild", "stats.hp"] {
+            let all = Query {
+                filter: None,
+                sort: vec![Sort { field: field.into(), dir: Default::default() }],
+                page: Some(Page::Offset { limit: Some(7), offset: None, include_total: Some(true) }),
+            };
+            check_same(&t, &all)?;
+        }
+        // Deleted records are gone, the others hold their new state.
+        for (id, next) in &changes {
+            prop_assert_eq!(t.get(id).map(|r| r.id().clone()), next.as_ref().map(|e| e.record.id().clone()));
+        }
+    }
+
     #[test]
     fn cursor_pages_visit_every_match_once(
         records in proptest::collection::vec(record(), 0..50),

@@ -17,6 +17,16 @@ pub type IdSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 /// Commits of at least this many changes queue their ordered-index entries.
 const BATCH_MIN: usize = 64;
+/// Commits of at least this many changes (to distinct records) update their indexes in
+/// parallel, one task per index. Debug builds (the tests) use small commits, so that the
+/// parallel path is exercised by small tables.
+const PARALLEL_MIN: usize = if cfg!(debug_assertions) { 16 } else { 2048 };
+
+/// How many threads a commit's index updates may use.
+fn parallelism() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from))
+}
 
 /// A set of slots (a bit per slot), cleared by what was set.
 #[derive(Default)]
@@ -194,6 +204,19 @@ impl<R: Keyed> Table<R> {
     /// of dropping them (a caller can free them elsewhere: off the game thread).
     pub fn apply_keeping(&mut self, changes: impl IntoIterator<Item = Change<R>>, old: &mut Vec<Entry<R>>) -> usize {
         let changes = changes.into_iter();
+        if changes.size_hint().0 >= PARALLEL_MIN && self.indexes.len() >= 2 && parallelism() >= 2 {
+            let changes: Vec<Change<R>> = changes.collect();
+            return match self.apply_parallel(changes, old) {
+                Ok(n) => n,
+                // A record changed twice: the sequential path orders its index updates.
+                Err(changes) => self.apply_sequential(changes.into_iter(), old),
+            };
+        }
+        self.apply_sequential(changes, old)
+    }
+
+    /// [`apply_keeping`](Self::apply_keeping) one change after another.
+    fn apply_sequential(&mut self, changes: impl Iterator<Item = Change<R>>, old: &mut Vec<Entry<R>>) -> usize {
         let batched = changes.size_hint().0 >= BATCH_MIN && self.indexes.iter().any(FieldIndex::batches);
         let hint = changes.size_hint().0;
         let mut batch: Vec<Option<OrderedBatch>> =
@@ -231,6 +254,123 @@ impl<R: Keyed> Table<R> {
         }
         self.flush_batch(&mut batch);
         n
+    }
+
+    /// A large commit of distinct records: the records move into their slots first, then every
+    /// index is updated from the old and new records on its own thread (indexes share nothing
+    /// but read access to the slots), then deleted slots are freed. Hands the changes back
+    /// untouched when a record appears twice.
+    fn apply_parallel(&mut self, changes: Vec<Change<R>>, old: &mut Vec<Entry<R>>) -> Result<usize, Vec<Change<R>>> {
+        // Each existing record once.
+        let mut seen = Touched { bits: vec![0; self.slots.len() / 64 + 1], set: Vec::with_capacity(changes.len()) };
+        for (id, _) in &changes {
+            if let Some(&s) = self.by_id.get(id)
+                && !seen.insert(s)
+            {
+                return Err(changes);
+            }
+        }
+        let mut new_ids: IdSet<&R::Id> = IdSet::default();
+        for (id, next) in &changes {
+            if !self.by_id.contains_key(id) && next.is_some() && !new_ids.insert(id) {
+                return Err(changes);
+            }
+        }
+        drop(new_ids);
+        // 1. Records into their slots. A deleted record stays in place until its index
+        //    entries are gone (postings in id order compare against it).
+        let mut edits: Vec<(u32, Option<Entry<R>>, bool)> = Vec::with_capacity(changes.len());
+        let mut deleted: Vec<(u32, R::Id)> = Vec::new();
+        for (id, next) in changes {
+            match (self.by_id.get(&id).copied(), next) {
+                (Some(slot), Some(next)) => {
+                    let prev = self.slots[slot as usize].replace(next);
+                    edits.push((slot, prev, true));
+                }
+                (Some(slot), None) => {
+                    edits.push((slot, None, false));
+                    deleted.push((slot, id));
+                }
+                (None, Some(next)) => {
+                    if self.id_ordered {
+                        if !self.free.is_empty() || self.last_id.as_ref().is_some_and(|last| *last >= id) {
+                            self.id_ordered = false;
+                            self.last_id = None;
+                        } else {
+                            self.last_id = Some(id.clone());
+                        }
+                    }
+                    let slot = match self.free.pop() {
+                        Some(s) => {
+                            self.slots[s as usize] = Some(next);
+                            s
+                        }
+                        None => {
+                            self.slots.push(Some(next));
+                            (self.slots.len() - 1) as u32
+                        }
+                    };
+                    self.by_id.insert(id, slot);
+                    edits.push((slot, None, true));
+                }
+                (None, None) => {}
+            }
+        }
+        // 2. Each index, on its own thread: remove what the old record had, add what the new
+        //    one has (only where the field changed).
+        let slots = &self.slots;
+        let edits_ref = &edits;
+        let update = |index: &mut FieldIndex| {
+            let by_id = |a, b| cmp_slot_ids(slots, a, b);
+            let mut batch = index.batches().then(|| OrderedBatch::with_capacity(edits_ref.len()));
+            for (slot, prev, present) in edits_ref {
+                let now = slots[*slot as usize].as_ref().map(|e| &e.record);
+                // A delete's record is still in its slot: it is the old one.
+                let (before, after) = if *present { (prev.as_ref().map(|e| &e.record), now) } else { (now, None) };
+                if let (Some(b), Some(a)) = (before, after)
+                    && !index.changed(b, a)
+                {
+                    continue;
+                }
+                if let Some(b) = before {
+                    index.remove_in(*slot, b, &by_id, batch.as_mut());
+                }
+                if let Some(a) = after {
+                    index.insert_in(*slot, a, &by_id, batch.as_mut());
+                }
+            }
+            if let Some(b) = &mut batch {
+                index.apply_batch(b);
+            }
+        };
+        let workers = parallelism().min(self.indexes.len());
+        let mut shares: Vec<Vec<&mut FieldIndex>> = (0..workers).map(|_| Vec::new()).collect();
+        for (k, index) in self.indexes.iter_mut().enumerate() {
+            shares[k % workers].push(index);
+        }
+        std::thread::scope(|scope| {
+            let mut shares = shares.into_iter();
+            let mine = shares.next();
+            for share in shares {
+                let update = &update;
+                scope.spawn(move || share.into_iter().for_each(update));
+            }
+            mine.into_iter().flatten().for_each(&update);
+        });
+        // 3. Deleted records leave their slots.
+        let n = edits.len();
+        for (slot, prev, present) in edits {
+            if present {
+                old.extend(prev);
+            } else if let Some(e) = self.slots[slot as usize].take() {
+                old.push(e);
+            }
+        }
+        for (slot, id) in deleted {
+            self.by_id.remove(&id);
+            self.free.push(slot);
+        }
+        Ok(n)
     }
 
     /// Moves records to newer versions (acks that change nothing else: no index is touched).
