@@ -368,6 +368,13 @@ pub(crate) fn reduce_store<T: Record>(
     let sync_meta = || OpMeta { origin: Origin::Sync, ..OpMeta::default() };
     let table = &store.bypass_change_detection().table;
     let mut leftovers = Leftovers::<T>::default();
+    // Nearly every write takes the store's route: resolved once for the frame.
+    let store_route_name = state.route.clone();
+    let store_route = routes.resolve(None, store_route_name.as_deref());
+    let resolve = |op: Option<&str>| match op {
+        None => store_route.clone(),
+        Some(_) => routes.resolve(op, store_route_name.as_deref()),
+    };
 
     // 1. What the async side sent.
     let inbound: Vec<Inbound> = state.rx.try_iter().collect();
@@ -537,7 +544,7 @@ pub(crate) fn reduce_store<T: Record>(
             }
             _ => None,
         };
-        let route = match routes.resolve(intent.meta.route.as_deref(), state.route.as_deref()) {
+        let route = match resolve(intent.meta.route.as_deref()) {
             Ok(r) => r,
             Err(asked) => {
                 settle_now.push(WriteSettled {
@@ -645,9 +652,7 @@ pub(crate) fn reduce_store<T: Record>(
     // what it is sent returns no copy, so its writes need no key there.
     let copies_back = |m: &OpMeta| {
         state.transforms.writeback.is_some()
-            || routes
-                .resolve(m.route.as_deref(), state.route.as_deref())
-                .map_or(true, |(_, r)| !r.policy.stores_as_sent)
+            || resolve(m.route.as_deref()).map_or(true, |(_, r)| !r.policy.stores_as_sent)
     };
     let op_meta: Vec<OpMeta> = if state.history_enabled {
         ops.iter()
@@ -711,7 +716,7 @@ pub(crate) fn reduce_store<T: Record>(
             }
         }
         let Some(ticket) = op_tickets[e.op] else { continue };
-        let Ok((route_name, route)) = routes.resolve(e.meta.route.as_deref(), state.route.as_deref()) else { continue };
+        let Ok((route_name, route)) = resolve(e.meta.route.as_deref()) else { continue };
         if !route.policy.optimistic {
             deferred.insert(e.id.clone());
         }
@@ -904,7 +909,7 @@ impl<T: Record> Leftovers<T> {
 /// copy) on failure.
 fn settle_flight<T: Record>(
     state: &mut StoreState<T>,
-    f: Flight<T>,
+    mut f: Flight<T>,
     mut r: crate::protocol::WriteItemResult,
     ops: &mut Vec<(Op<T>, OpMeta)>,
     op_tickets: &mut Vec<Option<Ticket>>,
@@ -922,9 +927,9 @@ fn settle_flight<T: Record>(
         // until its own ack (only the version is written back now).
         let takes_copy = takes_copy && !state.held.contains_key(&f.id);
         // The writeback carries the write's key: history matches it to the action.
-        let ack_meta = || OpMeta {
+        let ack_meta = OpMeta {
             origin: Origin::Sync,
-            idempotency_key: f.write.meta.idempotency_key.clone(),
+            idempotency_key: std::mem::take(&mut f.write.meta.idempotency_key),
             ..OpMeta::default()
         };
         let record = r
@@ -944,11 +949,11 @@ fn settle_flight<T: Record>(
                 }
             }
             (Some(version), _) if f.optimistic => {
-                ops.push((Op::Writeback { id: f.id.clone(), version, record }, ack_meta()));
+                ops.push((Op::Writeback { id: f.id.clone(), version, record }, ack_meta));
                 op_tickets.push(None);
             }
             (Some(version), _) => {
-                ops.push((Op::Remote { id: f.id.clone(), version, record }, ack_meta()));
+                ops.push((Op::Remote { id: f.id.clone(), version, record }, ack_meta));
                 op_tickets.push(None);
             }
             (None, _) => {}

@@ -88,10 +88,10 @@ impl Routes {
     /// asked for when nothing resolves.
     pub fn resolve<'a>(
         &'a self,
-        op: Option<&'a str>,
-        store: Option<&'a str>,
+        op: Option<&str>,
+        store: Option<&str>,
     ) -> Result<(&'a str, &'a Route), Option<String>> {
         let name = op.or(store).or(self.default.as_deref()).ok_or(None)?;
-        self.routes.get(name).map(|r| (name, r)).ok_or_else(|| Some(name.to_owned()))
+        self.routes.get_key_value(name).map(|(k, r)| (k.as_str(), r)).ok_or_else(|| Some(name.to_owned()))
     }
 }
