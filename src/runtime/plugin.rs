@@ -212,8 +212,17 @@ impl Plugin for AtomaPlugin {
                                 app.insert_resource(SyncLink { engine, rx, started: false, barriers: Vec::new() })
                                     .init_resource::<SyncStatus>()
                                     .add_message::<SyncEvent>()
-                                    .add_systems(PreUpdate, receive_sync.in_set(AtomaSystems::Receive))
-                                    .add_systems(Last, start_barriers.before(flush).in_set(AtomaSystems::Flush));
+                                    .add_systems(
+                                        PreUpdate,
+                                        receive_sync.run_if(super::sync::has_sync_output).in_set(AtomaSystems::Receive),
+                                    )
+                                    .add_systems(
+                                        Last,
+                                        start_barriers
+                                            .run_if(super::sync::has_barriers)
+                                            .before(flush)
+                                            .in_set(AtomaSystems::Flush),
+                                    );
                             }
                             Err(e) => status.errors.push(format!("sync: {e}")),
                         }
@@ -260,7 +269,14 @@ impl Plugin for AtomaPlugin {
             .configure_sets(PreUpdate, AtomaSystems::Receive)
             .configure_sets(PostUpdate, (AtomaSystems::Capture, AtomaSystems::Reduce, AtomaSystems::Publish).chain())
             .configure_sets(Last, AtomaSystems::Flush)
-            .add_systems(Last, (flush.run_if(has_outgoing), shutdown_on_exit).chain().in_set(AtomaSystems::Flush));
+            // Each system runs only when it has work: under Bevy's multi-threaded executor a system
+            // that runs costs a task and a thread wake-up every frame (≈ 25 µs on an idle app).
+            .add_systems(
+                Last,
+                (flush.run_if(has_outgoing), shutdown_on_exit.run_if(on_message::<AppExit>))
+                    .chain()
+                    .in_set(AtomaSystems::Flush),
+            );
     }
 }
 

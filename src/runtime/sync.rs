@@ -54,6 +54,16 @@ pub(crate) struct SyncLink {
 
 /// Starts the frame's barriers once its writes went to the engine (`Last`, before `flush`:
 /// the flush thread starts them after it handed the frame's writes over).
+/// Run condition of [`receive_sync`]: the lanes are not started yet, or sent something.
+pub(crate) fn has_sync_output(link: Res<SyncLink>) -> bool {
+    !link.started || !link.rx.is_empty()
+}
+
+/// Run condition of [`start_barriers`].
+pub(crate) fn has_barriers(link: Res<SyncLink>) -> bool {
+    !link.barriers.is_empty()
+}
+
 pub(crate) fn start_barriers(mut link: ResMut<SyncLink>, io: Res<IoRuntimeRes>, mut outgoing: ResMut<Outgoing>) {
     if link.barriers.is_empty() {
         return;
