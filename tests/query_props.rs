@@ -155,6 +155,19 @@ fn check_same(t: &Table<JsonRecord>, q: &Query) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// Every ordered index walks to exactly the records that have the field.
+fn check_ordered_walks(t: &Table<JsonRecord>) -> Result<(), TestCaseError> {
+    for field in ["level", "score", "guild", "stats.hp"] {
+        let all = Query {
+            filter: None,
+            sort: vec![Sort { field: field.into(), dir: Default::default() }],
+            page: Some(Page::Offset { limit: Some(7), offset: None, include_total: Some(true) }),
+        };
+        check_same(t, &all)?;
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(500), ..ProptestConfig::default() })]
 
@@ -201,15 +214,7 @@ proptest! {
         t.apply(changes);
         let q = Query { filter: f, sort, page: None };
         check_same(&t, &q)?;
-        // Every ordered index walks to exactly the records that have the field.
-        for field in ["level", "score", "guild", "stats.hp"] {
-            let all = Query {
-                filter: None,
-                sort: vec![Sort { field: field.into(), dir: Default::default() }],
-                page: Some(Page::Offset { limit: Some(7), offset: None, include_total: Some(true) }),
-            };
-            check_same(&t, &all)?;
-        }
+        check_ordered_walks(&t)?;
     }
 
     /// A commit of distinct records large enough to update its indexes in parallel (in test
@@ -237,14 +242,7 @@ proptest! {
         prop_assert_eq!(n, changes.iter().filter(|(id, next)| next.is_some() || old.iter().any(|e| e.record.id() == id)).count());
         let q = Query { filter: f, sort, page: None };
         check_same(&t, &q)?;
-        for field in ["level", "score", "guild", "stats.hp"] {
-            let all = Query {
-                filter: None,
-                sort: vec![Sort { field: field.into(), dir: Default::default() }],
-                page: Some(Page::Offset { limit: Some(7), offset: None, include_total: Some(true) }),
-            };
-            check_same(&t, &all)?;
-        }
+        check_ordered_walks(&t)?;
         // Deleted records are gone, the others hold their new state.
         for (id, next) in &changes {
             prop_assert_eq!(t.get(id).map(|r| r.id().clone()), next.as_ref().map(|e| e.record.id().clone()));

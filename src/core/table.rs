@@ -270,9 +270,10 @@ impl<R: Keyed> Table<R> {
                 return Err(changes);
             }
         }
+        // Each new id once too (a later change of it would find the slot phase 1 gave it).
         let mut new_ids: IdSet<&R::Id> = IdSet::default();
-        for (id, next) in &changes {
-            if !self.by_id.contains_key(id) && next.is_some() && !new_ids.insert(id) {
+        for (id, _) in &changes {
+            if !self.by_id.contains_key(id) && !new_ids.insert(id) {
                 return Err(changes);
             }
         }
@@ -292,25 +293,7 @@ impl<R: Keyed> Table<R> {
                     deleted.push((slot, id));
                 }
                 (None, Some(next)) => {
-                    if self.id_ordered {
-                        if !self.free.is_empty() || self.last_id.as_ref().is_some_and(|last| *last >= id) {
-                            self.id_ordered = false;
-                            self.last_id = None;
-                        } else {
-                            self.last_id = Some(id.clone());
-                        }
-                    }
-                    let slot = match self.free.pop() {
-                        Some(s) => {
-                            self.slots[s as usize] = Some(next);
-                            s
-                        }
-                        None => {
-                            self.slots.push(Some(next));
-                            (self.slots.len() - 1) as u32
-                        }
-                    };
-                    self.by_id.insert(id, slot);
+                    let slot = self.place(id, next);
                     edits.push((slot, None, true));
                 }
                 (None, None) => {}
@@ -460,7 +443,8 @@ impl<R: Keyed> Table<R> {
         old
     }
 
-    fn insert(&mut self, id: R::Id, next: Entry<R>, batch: &mut [Option<OrderedBatch>]) {
+    /// Puts a new record in a free slot (or a new one) and maps its id there; returns the slot.
+    fn place(&mut self, id: R::Id, next: Entry<R>) -> u32 {
         if self.id_ordered {
             // Appending a larger id keeps slot order equal to id order; anything else ends it.
             if !self.free.is_empty() || self.last_id.as_ref().is_some_and(|last| *last >= id) {
@@ -481,6 +465,11 @@ impl<R: Keyed> Table<R> {
             }
         };
         self.by_id.insert(id, slot);
+        slot
+    }
+
+    fn insert(&mut self, id: R::Id, next: Entry<R>, batch: &mut [Option<OrderedBatch>]) {
+        let slot = self.place(id, next);
         let slots = &self.slots;
         let by_id = |a, b| cmp_slot_ids(slots, a, b);
         if let Some(e) = &slots[slot as usize] {
