@@ -605,13 +605,18 @@ impl SyncEngine {
         }
         let this = self.clone();
         let items2 = items.clone();
-        let settled = tokio::task::spawn_blocking(move || this.settle(&items2, &outcomes, &returned)).await;
-        match settled {
-            Ok(Ok(applies)) => {
-                for (resource, changes) in applies {
-                    self.deliver(resource, changes);
-                }
+        // The acked records go to their stores from the blocking task too: their sinks decode
+        // JSON, which must not hold up the async workers.
+        let settled = tokio::task::spawn_blocking(move || {
+            let applies = this.settle(&items2, &outcomes, &returned)?;
+            for (resource, changes) in applies {
+                this.deliver(resource, changes);
             }
+            Ok::<_, StandardError>(())
+        })
+        .await;
+        match settled {
+            Ok(Ok(())) => {}
             Ok(Err(e)) => self.emit(SyncEvent::PushFailed { error: e }),
             Err(_) => {}
         }
@@ -780,12 +785,15 @@ impl SyncEngine {
             let n = pulled.changes.len();
             let next = pulled.next_cursor.clone();
             let this = self.clone();
-            let applies = tokio::task::spawn_blocking(move || this.apply_pulled(pulled))
-                .await
-                .map_err(|e| StandardError::internal(format!("pull apply task: {e}")))??;
-            for (resource, changes) in applies {
-                self.deliver(resource, changes);
-            }
+            // Committed, then handed to the stores' sinks (which decode) on the blocking task.
+            tokio::task::spawn_blocking(move || {
+                for (resource, changes) in this.apply_pulled(pulled)? {
+                    this.deliver(resource, changes);
+                }
+                Ok::<_, StandardError>(())
+            })
+            .await
+            .map_err(|e| StandardError::internal(format!("pull apply task: {e}")))??;
             if n > 0 || next != cursor {
                 self.emit(SyncEvent::Pulled { changes: n, cursor: next.clone() });
             }
