@@ -360,6 +360,7 @@ impl<R: Keyed> Table<R> {
     /// A version at or below the record's is ignored, as is a missing record. Adds the ids
     /// that moved to `moved`; returns how many.
     pub fn set_versions(&mut self, versions: Vec<(R::Id, u64)>, moved: &mut Vec<R::Id>) -> usize {
+        moved.reserve(versions.len());
         let mut n = 0;
         for (id, version) in versions {
             let Some(&slot) = self.by_id.get(&id) else { continue };

@@ -389,6 +389,9 @@ pub(crate) fn reduce_store<T: Record>(
                 ops.reserve(flights.len());
                 op_tickets.reserve(flights.len());
                 settle_now.reserve(flights.len());
+                releases.reserve(flights.len());
+                leftovers.writes.reserve(flights.len());
+                leftovers.results.reserve(flights.len());
                 for (i, f) in flights.into_iter().enumerate() {
                     if let Some(n) = state.busy.get_mut(&f.id) {
                         *n = n.saturating_sub(1);
@@ -777,7 +780,8 @@ fn take_version_only<T: Record>(
     if !ops.iter().any(|(op, _)| matches!(op, Op::Writeback { record: None, .. })) {
         return Vec::new();
     }
-    let mut uses: IdMap<T::Id, u32> = IdMap::default();
+    // Sized once: these run over a large ack frame's thousands of ops.
+    let mut uses: IdMap<T::Id, u32> = IdMap::with_capacity_and_hasher(ops.len(), Default::default());
     for (op, _) in ops.iter() {
         let mut count = |id: &T::Id| *uses.entry(id.clone()).or_default() += 1;
         match op {
@@ -791,7 +795,7 @@ fn take_version_only<T: Record>(
             | Op::Restore { id, .. } => count(id),
         }
     }
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(ops.len());
     let mut kept_ops = Vec::with_capacity(ops.len());
     let mut kept_tickets = Vec::with_capacity(tickets.len());
     for ((op, meta), ticket) in ops.drain(..).zip(tickets.drain(..)) {
