@@ -855,11 +855,17 @@ fn send<T: Record>(state: &mut StoreState<T>, routes: &Routes, outgoing: &mut Ou
     for (route_name, mut flights) in by_route {
         let Some(route) = routes.get(&route_name) else { continue };
         let batch = super::flush::next_id();
+        // The ack matches its write by idempotency key only where the executor sends a copy
+        // back (history pairs the two): elsewhere the key moves to the encoder.
+        let keeps_key = !route.policy.stores_as_sent || state.transforms.writeback.is_some();
         let writes: Vec<ToEncode<T>> = flights
             .iter_mut()
             .map(|f| {
                 // An optimistic write's value is in the store already: the flight needs no copy.
                 let value = if f.optimistic { f.write.value.take() } else { f.write.value.clone() };
+                // A sent write's merge fields and patch ops are not needed again.
+                let (merge, patch) = (f.write.merge.take(), std::mem::take(&mut f.write.patch));
+                let meta = if keeps_key { f.write.meta.clone() } else { std::mem::take(&mut f.write.meta) };
                 let w = &f.write;
                 ToEncode {
                     ticket: f.ticket,
@@ -870,10 +876,10 @@ fn send<T: Record>(state: &mut StoreState<T>, routes: &Routes, outgoing: &mut Ou
                         id: w.id.clone(),
                         base_version: w.base_version,
                         value,
-                        merge: w.merge.clone(),
-                        patch: w.patch.clone(),
+                        merge,
+                        patch,
                         upsert_mode: w.upsert_mode,
-                        meta: w.meta.clone(),
+                        meta,
                     },
                 }
             })
