@@ -327,18 +327,19 @@ impl<R: Keyed> Table<R> {
             }
         };
         let workers = parallelism().min(self.indexes.len());
-        let mut shares: Vec<Vec<&mut FieldIndex>> = (0..workers).map(|_| Vec::new()).collect();
-        for (k, index) in self.indexes.iter_mut().enumerate() {
-            shares[k % workers].push(index);
-        }
+        // Each worker takes the next index not yet taken; this thread works too, so a thread
+        // that cannot start only leaves more to the others.
+        let queue = std::sync::Mutex::new(self.indexes.iter_mut());
+        let work = || loop {
+            // The lock is held only to take the next index.
+            let Some(index) = queue.lock().unwrap_or_else(|p| p.into_inner()).next() else { break };
+            update(index);
+        };
         std::thread::scope(|scope| {
-            let mut shares = shares.into_iter();
-            let mine = shares.next();
-            for share in shares {
-                let update = &update;
-                scope.spawn(move || share.into_iter().for_each(update));
+            for _ in 1..workers {
+                let _ = std::thread::Builder::new().name("atoma-index".into()).spawn_scoped(scope, work);
             }
-            mine.into_iter().flatten().for_each(&update);
+            work();
         });
         // 3. Deleted records leave their slots.
         let n = edits.len();
