@@ -5,7 +5,9 @@
 //!   resource) and drains them round-robin, so one hot bucket cannot starve the others.
 //! - **Coalesced flush.** Enqueues wait for a flush: the end of the frame (`end_frame`, called
 //!   by the plugin's `Flush` system), or `flush_interval` after the first enqueue. A lane whose
-//!   queue reaches `max_ops_per_request` flushes at once.
+//!   queue reaches `max_ops_per_request` flushes at once. A finished request frees its slot
+//!   for queries a flush released, not for ones queued since: a frame's queries go in full
+//!   requests however fast the answers come back.
 //! - **Backpressure.** `max_queue_length` globally or per lane; a full query lane rejects the
 //!   new query or drops the oldest one; a full write lane rejects the new write.
 //! - **Concurrency.** `query_max_in_flight` / `write_max_in_flight` requests per lane.
@@ -252,6 +254,10 @@ type BucketKey = (WriteAction, String);
 #[derive(Default)]
 struct State {
     queries: VecDeque<QueryTask>,
+    /// How many queries at the front of `queries` a flush released (the rest wait for the
+    /// next flush, even when a finished request frees a slot): a frame's queries go in full
+    /// requests, however fast the answers come back.
+    query_released: usize,
     buckets: HashMap<BucketKey, VecDeque<WriteTask>>,
     bucket_order: VecDeque<BucketKey>,
     writes_queued: usize,
@@ -355,13 +361,17 @@ impl BatchEngine {
                 match self.inner.config.query_overflow {
                     QueryOverflow::RejectNew => return Box::pin(async { Err(queue_full("query")) }),
                     QueryOverflow::DropOldest => match s.queries.pop_front() {
-                        Some(old) => dropped = Some(old),
+                        Some(old) => {
+                            s.query_released = s.query_released.saturating_sub(1);
+                            dropped = Some(old)
+                        }
                         None => return Box::pin(async { Err(queue_full("query")) }),
                     },
                 }
             }
             s.queries.push_back(QueryTask { resource, query, ctx, reply: tx });
-            threshold = s.queries.len() >= self.inner.config.max_ops_per_request;
+            threshold =
+                s.queries.len() - s.query_released.min(s.queries.len()) >= self.inner.config.max_ops_per_request;
         }
         if let Some(old) = dropped {
             let _ = old.reply.send(Err(StandardError::new(
@@ -448,6 +458,19 @@ impl BatchEngine {
         if self.inner.disposed.load(Ordering::Acquire) {
             return;
         }
+        {
+            let mut s = self.lock();
+            s.query_released = s.queries.len();
+        }
+        self.send_released();
+    }
+
+    /// Sends what earlier flushes released, as far as the in-flight limits allow (called as
+    /// requests finish).
+    fn send_released(&self) {
+        if self.inner.disposed.load(Ordering::Acquire) {
+            return;
+        }
         loop {
             let mut sent = false;
             if let Some(batch) = self.take_queries() {
@@ -467,12 +490,16 @@ impl BatchEngine {
     /// A FIFO contiguous segment of queries, all traced or all untraced.
     fn take_queries(&self) -> Option<Vec<QueryTask>> {
         let mut s = self.lock();
-        if s.queries.is_empty() || s.query_in_flight >= self.inner.config.query_max_in_flight.max(1) {
+        if s.query_released == 0
+            || s.queries.is_empty()
+            || s.query_in_flight >= self.inner.config.query_max_in_flight.max(1)
+        {
             return None;
         }
         let traced = s.queries.front().is_some_and(|t| t.ctx.trace_id.as_deref().is_some_and(|t| !t.is_empty()));
         let mut batch = Vec::new();
-        while batch.len() < self.inner.config.max_ops_per_request.max(1) {
+        let max = self.inner.config.max_ops_per_request.max(1).min(s.query_released);
+        while batch.len() < max {
             let Some(front) = s.queries.front() else { break };
             let front_traced = front.ctx.trace_id.as_deref().is_some_and(|t| !t.is_empty());
             if front_traced != traced {
@@ -482,6 +509,7 @@ impl BatchEngine {
                 batch.push(t);
             }
         }
+        s.query_released -= batch.len();
         s.query_in_flight += 1;
         Some(batch)
     }
@@ -666,7 +694,7 @@ impl BatchEngine {
                 let _ = reply.send(out);
             }
             this.lock().query_in_flight -= 1;
-            this.flush();
+            this.send_released();
         });
     }
 
@@ -749,7 +777,7 @@ impl BatchEngine {
                 }
             }
             this.lock().write_in_flight -= 1;
-            this.flush();
+            this.send_released();
         });
     }
 
@@ -760,6 +788,7 @@ impl BatchEngine {
         let (queries, buckets, tasks) = {
             let mut s = self.lock();
             s.writes_queued = 0;
+            s.query_released = 0;
             s.bucket_order.clear();
             (std::mem::take(&mut s.queries), std::mem::take(&mut s.buckets), std::mem::take(&mut s.tasks))
         };
