@@ -212,21 +212,18 @@ fn string_ids_of_digits_and_numeric_ids_both_decode_from_the_wire() {
         app.add_store::<Code>(StoreConfig::default().route("remote"));
         app.add_store::<Player>(StoreConfig::default().route("remote"));
     });
-    let codes = app
-        .world_mut()
+    app.world_mut()
         .run_system_cached(|mut r: Reader<Code>| r.fetch(Query::default(), FetchPolicy::NetworkOnly))
         .expect("runs");
-    let players = app
-        .world_mut()
+    app.world_mut()
         .run_system_cached(|mut r: Reader<Player>| r.fetch(Query::default(), FetchPolicy::NetworkOnly))
         .expect("runs");
-    run_until(&mut app, |app| {
+    assert!(run_until(&mut app, |app| {
         app.world().resource::<Store<Code>>().len() == 3 && app.world().resource::<Store<Player>>().len() == 1
-    });
+    }));
     let store = app.world().resource::<Store<Code>>();
     for id in ["042", "7", "x1"] {
         assert_eq!(store.get(&id.to_owned()).map(|c| c.label.clone()), Some(format!("code {id}")), "{id}");
     }
     assert_eq!(app.world().resource::<Store<Player>>().get(&5).map(|p| p.name.clone()), Some("eve".into()));
-    let _ = (codes, players);
 }

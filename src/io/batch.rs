@@ -370,8 +370,7 @@ impl BatchEngine {
                 }
             }
             s.queries.push_back(QueryTask { resource, query, ctx, reply: tx });
-            threshold =
-                s.queries.len() - s.query_released.min(s.queries.len()) >= self.inner.config.max_ops_per_request;
+            threshold = s.queries.len().saturating_sub(s.query_released) >= self.inner.config.max_ops_per_request;
         }
         if let Some(old) = dropped {
             let _ = old.reply.send(Err(StandardError::new(

@@ -149,7 +149,7 @@ pub(crate) fn decode_synced<T: Record>(
             SyncChange::Acked { id, version, value } => (id, version, value, true),
             SyncChange::Remote { id, version, value } => (id, version, value, false),
         };
-        let Ok(typed) = id.parse::<T::Id>() else {
+        let Ok(typed_id) = id.parse::<T::Id>() else {
             refused.push((id, format!("{}: not a valid id", T::STORE)));
             continue;
         };
@@ -165,7 +165,7 @@ pub(crate) fn decode_synced<T: Record>(
             }
             None => None,
         };
-        let id = typed;
+        let id = typed_id;
         ops.push(if ack { Op::Writeback { id, version, record } } else { Op::Remote { id, version, record } });
     }
     (ops, refused)
