@@ -25,7 +25,9 @@
 //!
 //! Environment: `ATOMA_BENCH_QUICK=1` shrinks every size for a smoke run;
 //! `ATOMA_BENCH_PARTS=a,c` runs only some parts (criterion and summary alike; for profiling);
-//! `ATOMA_BENCH_SINGLE=100` times only 100 one-intent frames in part (a).
+//! `ATOMA_BENCH_SINGLE=100` times only 100 one-intent frames in part (a);
+//! `ATOMA_PERF_CTL=<fifo>` drives `perf record --control fifo:<fifo> -D -1` so that only the
+//! batched frames of part (a) are sampled.
 //! See docs/benchmarks.md.
 
 use std::collections::VecDeque;
@@ -345,12 +347,25 @@ fn preloaded_app(sizes: &Sizes, extra: impl FnOnce(&mut App)) -> (App, Duration)
 fn batched_frame(app: &mut App, rng: &mut Rng, sizes: &Sizes) -> (Duration, Duration) {
     queue(app, random_updates(rng, sizes.records, sizes.batch));
     let commits = metrics(app).commits;
+    perf_ctl("enable");
     let frame = timed_update(app);
+    perf_ctl("disable");
     assert_eq!(metrics(app).commits, commits + 1, "the batched frame is one commit");
     let mut tally = Tally::default();
     let ack = settle(app, &mut tally);
     tally.assert_ok(sizes.batch, "batched frame");
     (frame, ack)
+}
+
+/// With `ATOMA_PERF_CTL=<fifo>`, tells `perf record --control fifo:<fifo> -D -1` to sample
+/// only the batched frames (`enable` / `disable`).
+fn perf_ctl(cmd: &str) {
+    use std::io::Write as _;
+    if let Some(path) = std::env::var_os("ATOMA_PERF_CTL")
+        && let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(path)
+    {
+        let _ = writeln!(f, "{cmd}");
+    }
 }
 
 /// One frame with one update intent. Returns (frame, ack frame).
