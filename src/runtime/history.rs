@@ -10,7 +10,7 @@ use bevy_ecs::world::DeferredWorld;
 
 use super::messages::{Ticket, WriteIntent};
 use super::store::Store;
-use super::writer::{WriteOptions, meta};
+use super::writer::{WriteOptions, ensure_key, meta};
 use crate::core::{Entry, IdMap, Op, OpMeta, Origin, Plan, Record, UpsertMode};
 
 /// One record an action touched: its state before the action, and its record after it.
@@ -382,7 +382,8 @@ impl<T: Record> History<'_, '_, T> {
             };
             if let Some(op) = op {
                 let ticket = Ticket::next();
-                let meta = meta(ticket, &opts, Origin::History);
+                let mut meta = meta(&opts, Origin::History);
+                ensure_key(&mut meta, ticket);
                 now.keys.insert(meta.idempotency_key.clone());
                 self.intents.0.push(WriteIntent { ticket, op, meta });
                 tickets.push(ticket);

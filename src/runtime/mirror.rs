@@ -207,7 +207,7 @@ fn capture<T: Record>(
         }
         let ticket = Ticket::next();
         let op = Op::Update { id: of.id.clone(), base_version: None, with: UpdateWith::Replace(m.0.clone()) };
-        intents.write(WriteIntent { ticket, op, meta: meta(ticket, &WriteOptions::default(), Origin::Mirror) });
+        intents.write(WriteIntent { ticket, op, meta: meta(&WriteOptions::default(), Origin::Mirror) });
         // An earlier unsettled ticket of the record stays in `tickets` until it settles.
         let mirror = &mut *mirror;
         mirror.pending.insert(of.id.clone(), (ticket, value));

@@ -14,6 +14,7 @@ use serde_json::{Map, Value as Json};
 use super::config::{StoreConfig, Transforms};
 use super::flush::{Outgoing, QueryPurpose};
 use super::history::HistoryLog;
+use super::writer::{ensure_key, key_of};
 use super::messages::{Committed, ReadFinished, ReadSource, Ticket, WriteFailure, WriteIntent, WriteSettled};
 use super::metrics::AtomaMetrics;
 use super::reads::PendingRead;
@@ -44,7 +45,8 @@ pub(crate) enum Inbound {
 struct Flight<T: Record> {
     ticket: Ticket,
     id: T::Id,
-    route: String,
+    /// Shared by the frame's flights of one route.
+    route: std::sync::Arc<str>,
     optimistic: bool,
     /// No server version was known when it was made: an update goes as a loose upsert.
     loose: bool,
@@ -326,7 +328,8 @@ fn encode<T: Record>(
     let returning = !stores_as_sent || transforms.writeback.is_some();
     let mut entries = Vec::with_capacity(writes.len());
     let mut failed = Vec::new();
-    for w in writes {
+    for mut w in writes {
+        ensure_key(&mut w.write.meta, w.ticket);
         let entry_id = w.ticket.0.to_string();
         match to_wire(&w.write, entry_id.clone(), transforms, returning) {
             Ok(mut wire) => {
@@ -659,11 +662,12 @@ pub(crate) fn reduce_store<T: Record>(
     };
     let op_meta: Vec<OpMeta> = if state.history_enabled {
         ops.iter()
-            .map(|(_, m)| OpMeta {
-                idempotency_key: if m.origin == Origin::Sync || copies_back(m) {
-                    m.idempotency_key.clone()
-                } else {
-                    String::new()
+            .zip(&op_tickets)
+            .map(|((_, m), ticket)| OpMeta {
+                idempotency_key: match ticket {
+                    _ if m.origin == Origin::Sync => m.idempotency_key.clone(),
+                    Some(t) if copies_back(m) => key_of(m, *t),
+                    _ => String::new(),
                 },
                 client_time_ms: m.client_time_ms,
                 origin: m.origin,
@@ -711,6 +715,8 @@ pub(crate) fn reduce_store<T: Record>(
     let mut deferred: IdSet<T::Id> = IdSet::default();
     // Each write's inverse patches (the plan keeps both lists in op order).
     let mut inverse = inverse.into_iter().peekable();
+    // The route's name, once per route for the frame's flights.
+    let mut route_names: Vec<std::sync::Arc<str>> = Vec::new();
     for e in entries {
         let mut inverse_of: Vec<Inverse<T>> = Vec::with_capacity(1);
         while let Some(inv) = inverse.next_if(|i| i.op <= e.op) {
@@ -727,7 +733,13 @@ pub(crate) fn reduce_store<T: Record>(
         let flight = Flight {
             ticket,
             id: id.clone(),
-            route: route_name.to_owned(),
+            route: match route_names.iter().find(|r| ***r == *route_name) {
+                Some(r) => r.clone(),
+                None => {
+                    route_names.push(route_name.into());
+                    route_names[route_names.len() - 1].clone()
+                }
+            },
             optimistic: route.policy.optimistic,
             loose: e.base_version.is_none() && e.action == WriteAction::Update,
             inverse: inverse_of,
@@ -838,11 +850,11 @@ fn publish_reads<T: Record>(
 /// Hands flights to their routes' executors (in `Last`, through `Outgoing`); they are encoded
 /// for the wire off the game thread.
 fn send<T: Record>(state: &mut StoreState<T>, routes: &Routes, outgoing: &mut Outgoing, flights: Vec<Flight<T>>) {
-    let by_route: Vec<(String, Vec<Flight<T>>)> = match flights.first() {
+    let by_route: Vec<(std::sync::Arc<str>, Vec<Flight<T>>)> = match flights.first() {
         // Usually every write of a frame takes the store's route: one group, no copying.
         Some(first) if flights.iter().all(|f| f.route == first.route) => vec![(first.route.clone(), flights)],
         _ => {
-            let mut by_route: Vec<(String, Vec<Flight<T>>)> = Vec::new();
+            let mut by_route: Vec<(std::sync::Arc<str>, Vec<Flight<T>>)> = Vec::new();
             for f in flights {
                 match by_route.iter_mut().find(|(r, _)| *r == f.route) {
                     Some((_, v)) => v.push(f),
@@ -865,7 +877,13 @@ fn send<T: Record>(state: &mut StoreState<T>, routes: &Routes, outgoing: &mut Ou
                 let value = if f.optimistic { f.write.value.take() } else { f.write.value.clone() };
                 // A sent write's merge fields and patch ops are not needed again.
                 let (merge, patch) = (f.write.merge.take(), std::mem::take(&mut f.write.patch));
-                let meta = if keeps_key { f.write.meta.clone() } else { std::mem::take(&mut f.write.meta) };
+                let meta = if keeps_key {
+                    // The ack's writeback carries the key back to history.
+                    ensure_key(&mut f.write.meta, f.ticket);
+                    f.write.meta.clone()
+                } else {
+                    std::mem::take(&mut f.write.meta)
+                };
                 let w = &f.write;
                 ToEncode {
                     ticket: f.ticket,
@@ -888,7 +906,7 @@ fn send<T: Record>(state: &mut StoreState<T>, routes: &Routes, outgoing: &mut Ou
         let resource = state.name;
         let as_sent = route.policy.stores_as_sent;
         let encode: super::flush::Encode = Box::new(move || encode(resource, writes, &transforms, as_sent));
-        outgoing.write(route_name, route.write.clone(), encode, state.tx.clone(), batch);
+        outgoing.write(route_name.to_string(), route.write.clone(), encode, state.tx.clone(), batch);
         state.in_flight.insert(batch, flights);
     }
 }

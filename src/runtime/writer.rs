@@ -20,7 +20,7 @@ pub struct WriteOptions {
     pub action_id: Option<String>,
     /// The version the write is based on (checked when given).
     pub base_version: Option<u64>,
-    /// An idempotency key (default: a fresh unique key).
+    /// An idempotency key (default, and in place of an empty one: a fresh unique key).
     pub idempotency_key: Option<String>,
 }
 
@@ -78,14 +78,29 @@ fn fresh_key(ticket: Ticket) -> String {
     key
 }
 
-pub(crate) fn meta(ticket: Ticket, opts: &WriteOptions, origin: Origin) -> OpMeta {
+/// A write's metadata. Without a key in `opts` the key is left empty: it is the fresh key of
+/// the ticket ([`ensure_key`]), made only where it is used (on the wire, and where history
+/// pairs a write with its executor's copy), not once per intent on the game thread.
+pub(crate) fn meta(opts: &WriteOptions, origin: Origin) -> OpMeta {
     OpMeta {
-        idempotency_key: opts.idempotency_key.clone().unwrap_or_else(|| fresh_key(ticket)),
+        idempotency_key: opts.idempotency_key.clone().unwrap_or_default(),
         client_time_ms: now_ms(),
         origin,
         action_id: opts.action_id.clone(),
         route: opts.route.clone(),
     }
+}
+
+/// Gives a write left without an idempotency key by [`meta`] its ticket's fresh key.
+pub(crate) fn ensure_key(meta: &mut OpMeta, ticket: Ticket) {
+    if meta.idempotency_key.is_empty() {
+        meta.idempotency_key = fresh_key(ticket);
+    }
+}
+
+/// A write's idempotency key (see [`ensure_key`]).
+pub(crate) fn key_of(meta: &OpMeta, ticket: Ticket) -> String {
+    if meta.idempotency_key.is_empty() { fresh_key(ticket) } else { meta.idempotency_key.clone() }
 }
 
 /// Writes to `Store<T>` from a system: each call buffers an intent and returns its ticket;
@@ -98,7 +113,7 @@ pub struct Writer<'w, T: Record> {
 impl<T: Record> Writer<'_, T> {
     fn push(&mut self, op: Op<T>, opts: &WriteOptions) -> Ticket {
         let ticket = Ticket::next();
-        self.intents.write(WriteIntent { ticket, op, meta: meta(ticket, opts, Origin::User) });
+        self.intents.write(WriteIntent { ticket, op, meta: meta(opts, Origin::User) });
         ticket
     }
 
@@ -254,5 +269,18 @@ mod tests {
         for t in [0u64, 1, 9, 10, 15, 16, 255, 0xdead_beef, u64::MAX] {
             assert_eq!(fresh_key(Ticket(t)), format!("{:016x}-{:x}", process_nonce(), t));
         }
+    }
+
+    #[test]
+    fn a_write_without_a_key_gets_its_tickets_fresh_key_where_used() {
+        let mut m = meta(&WriteOptions::default(), Origin::User);
+        assert!(m.idempotency_key.is_empty(), "no key is made on the game thread");
+        assert_eq!(key_of(&m, Ticket(42)), fresh_key(Ticket(42)));
+        ensure_key(&mut m, Ticket(42));
+        assert_eq!(m.idempotency_key, fresh_key(Ticket(42)));
+        let mut given = meta(&WriteOptions::default().idempotency_key("reward-42"), Origin::User);
+        assert_eq!(key_of(&given, Ticket(7)), "reward-42");
+        ensure_key(&mut given, Ticket(7));
+        assert_eq!(given.idempotency_key, "reward-42");
     }
 }
