@@ -54,7 +54,7 @@ where
         .resource::<Store<T>>()
         .table()
         .iter()
-        .map(|e| (e.record.id().clone(), e.record.clone(), e.version))
+        .map(|e| (e.record.id().clone(), T::clone(&*e.record), e.version))
         .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v.into_iter().map(|(id, r, ver)| (id.to_string(), r, ver)).collect()
@@ -324,7 +324,7 @@ fn a_record_file_from_an_older_build_with_fewer_fields_still_loads() {
     });
     drop(new);
     let new = local_app::<v2::Player>(&dir);
-    let p2 = new.world().resource::<Store<v2::Player>>().entry(&2).map(|e| (e.record.clone(), e.version));
+    let p2 = new.world().resource::<Store<v2::Player>>().entry(&2).map(|e| (v2::Player::clone(&*e.record), e.version));
     assert_eq!(p2, Some((v2::Player { id: 2, name: "p2".into(), level: 9, title: "knight".into() }, 2)));
     drop(new);
     let _ = std::fs::remove_dir_all(&dir);

@@ -37,7 +37,7 @@ fn table(players: &[(Player, u64)]) -> Table<Player> {
 }
 
 fn snapshot(t: &Table<Player>) -> Vec<(Player, u64)> {
-    let mut v: Vec<_> = t.iter().map(|e| (e.record.clone(), e.version)).collect();
+    let mut v: Vec<_> = t.iter().map(|e| (Player::clone(&e.record), e.version)).collect();
     v.sort_by_key(|(p, _)| p.id);
     v
 }
@@ -273,7 +273,7 @@ proptest! {
         prop_assert!(plan.entries.is_empty());
         t.apply(plan.changes);
         for (rec, v) in &before {
-            prop_assert_eq!(t.entry(&rec.id).map(|e| (&e.record, e.version)), Some((rec, *v)));
+            prop_assert_eq!(t.entry(&rec.id).map(|e| (&*e.record, e.version)), Some((rec, *v)));
         }
         for (i, _, _) in &hydrated {
             prop_assert!(t.contains(i));

@@ -41,7 +41,7 @@ pub struct QueryPage<'a, R> {
 impl<'a, R> QueryPage<'a, R> {
     /// The records, in order.
     pub fn records(&self) -> impl Iterator<Item = &'a R> + '_ {
-        self.items.iter().map(|e| &e.record)
+        self.items.iter().map(|e| &*e.record)
     }
 }
 
@@ -426,10 +426,10 @@ impl<R: Keyed> Table<R> {
             (None, None) => (0..self.slots.len() as u32).filter(|&s| self.slot(s).is_some()).collect(),
             (None, Some(w)) => w,
             (Some(p), None) => {
-                (0..self.slots.len() as u32).filter(|&s| self.slot(s).is_some_and(|e| p.matches(&e.record))).collect()
+                (0..self.slots.len() as u32).filter(|&s| self.slot(s).is_some_and(|e| p.matches(&*e.record))).collect()
             }
             (Some(p), Some(mut w)) => {
-                w.retain(|&s| self.slot(s).is_some_and(|e| p.matches(&e.record)));
+                w.retain(|&s| self.slot(s).is_some_and(|e| p.matches(&*e.record)));
                 w
             }
         }
@@ -473,7 +473,7 @@ impl<R: Keyed> Table<R> {
         // in slot order here) are already sorted and no record needs to be read to order them.
         let presorted = q.sort.is_empty() && self.id_ordered;
         let cmp = |a: &u32, b: &u32| match (self.slot(*a), self.slot(*b)) {
-            (Some(x), Some(y)) => cmp_records(&q.sort, &x.record, &y.record),
+            (Some(x), Some(y)) => cmp_records(&q.sort, &*x.record, &*y.record),
             _ => a.cmp(b),
         };
         let top_k = |v: &mut [u32], k: usize, cmp: &dyn Fn(&u32, &u32) -> Ordering| {
@@ -497,7 +497,7 @@ impl<R: Keyed> Table<R> {
                 if let Some(pos) = pos {
                     let id = parse_id::<R>(pos)?;
                     matched.retain(|s| {
-                        self.slot(*s).is_some_and(|e| cmp_to_pos(&q.sort, &e.record, &pos.keys, &id).is_gt())
+                        self.slot(*s).is_some_and(|e| cmp_to_pos(&q.sort, &*e.record, &pos.keys, &id).is_gt())
                     });
                 }
                 let n = matched.len();
@@ -512,7 +512,7 @@ impl<R: Keyed> Table<R> {
                 if let Some(pos) = pos {
                     let id = parse_id::<R>(pos)?;
                     matched.retain(|s| {
-                        self.slot(*s).is_some_and(|e| cmp_to_pos(&q.sort, &e.record, &pos.keys, &id).is_lt())
+                        self.slot(*s).is_some_and(|e| cmp_to_pos(&q.sort, &*e.record, &pos.keys, &id).is_lt())
                     });
                 }
                 let n = matched.len();
@@ -536,7 +536,7 @@ impl<R: Keyed> Table<R> {
 
     fn token(&self, sort: &[SortKey], e: &Entry<R>) -> String {
         let keys: Vec<Key> = sort.iter().map(|k| e.record.path(&k.path).map_or(Key::Null, |v| v.to_key())).collect();
-        encode_cursor(sort, &keys, &e.record.id().to_string())
+        encode_cursor(sort, &keys, &*e.record.id().to_string())
     }
 
     /// Cursor tokens (only cursor pages need them: building one costs a JSON encoding).
@@ -578,12 +578,12 @@ impl<R: Keyed> Table<R> {
         let accept = |s: u32, out: &mut Vec<u32>, check: bool| -> bool {
             let Some(e) = self.slot(s) else { return false };
             if let Some((p, id)) = &pos {
-                let o = cmp_to_pos(&q.sort, &e.record, &p.keys, id);
+                let o = cmp_to_pos(&q.sort, &*e.record, &p.keys, id);
                 if (backward && !o.is_lt()) || (!backward && !o.is_gt()) {
                     return false;
                 }
             }
-            if !check || pred.is_none_or(|p| p.matches(&e.record)) {
+            if !check || pred.is_none_or(|p| p.matches(&*e.record)) {
                 out.push(s);
             }
             out.len() >= need
@@ -611,7 +611,7 @@ impl<R: Keyed> Table<R> {
             let mut pending = iter.next();
             let cmp_full = |a: &u32, b: &u32| match (self.slot(*a), self.slot(*b)) {
                 (Some(x), Some(y)) => {
-                    let o = cmp_records(&q.sort, &x.record, &y.record);
+                    let o = cmp_records(&q.sort, &*x.record, &*y.record);
                     if backward { o.reverse() } else { o }
                 }
                 _ => a.cmp(b),

@@ -6,6 +6,7 @@
 //! held.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -175,8 +176,8 @@ pub struct WriteEntry<R: Keyed> {
     pub id: R::Id,
     /// The version the write is based on (the record's version before it, if confirmed).
     pub base_version: Option<u64>,
-    /// The record after the write (create, update, upsert, patch).
-    pub value: Option<R>,
+    /// The record after the write (create, update, upsert, patch), shared with the table.
+    pub value: Option<Arc<R>>,
     /// For `update` with merge: the merged fields.
     pub merge: Option<Map<String, Json>>,
     /// For `patch`: the ops.
@@ -411,7 +412,7 @@ impl<R: Keyed + Serialize + DeserializeOwned> Reducer<'_, R> {
         action: WriteAction,
         id: R::Id,
         base: Option<u64>,
-        value: Option<R>,
+        value: Option<Arc<R>>,
         meta: OpMeta,
     ) -> WriteEntry<R> {
         WriteEntry {
@@ -446,6 +447,7 @@ impl<R: Keyed + Serialize + DeserializeOwned> Reducer<'_, R> {
                 }
                 self.check(&record)?;
                 let version = self.next_version(None);
+                let record = Arc::new(record);
                 plan.entries.push(Self::entry(i, WriteAction::Create, id.clone(), None, Some(record.clone()), meta));
                 self.set(i, id.clone(), Some(Entry::new(record, version)), plan);
                 Ok(Applied { id: Some(id), version: Some(version) })
@@ -458,12 +460,12 @@ impl<R: Keyed + Serialize + DeserializeOwned> Reducer<'_, R> {
                 let next = match with {
                     UpdateWith::Replace(r) => r,
                     UpdateWith::Closure(f) => {
-                        let mut r = cur.record.clone();
+                        let mut r = R::clone(&cur.record);
                         f(&mut r);
                         r
                     }
                     UpdateWith::Merge(fields) => {
-                        let mut m = to_map(&cur.record).map_err(WriteError::Invalid)?;
+                        let mut m = to_map(&*cur.record).map_err(WriteError::Invalid)?;
                         for (k, v) in &fields {
                             m.insert(k.clone(), v.clone());
                         }
@@ -476,6 +478,7 @@ impl<R: Keyed + Serialize + DeserializeOwned> Reducer<'_, R> {
                 }
                 self.check(&next)?;
                 let version = self.next_version(Some(cur));
+                let next = Arc::new(next);
                 let mut e = Self::entry(i, WriteAction::Update, id.clone(), base, Some(next.clone()), meta);
                 e.merge = merged;
                 plan.entries.push(e);
@@ -493,7 +496,7 @@ impl<R: Keyed + Serialize + DeserializeOwned> Reducer<'_, R> {
                 let base = base_version.or(confirmed(cur));
                 let next = match (cur, merge) {
                     (Some(cur), true) => {
-                        let mut m = to_map(&cur.record).map_err(WriteError::Invalid)?;
+                        let mut m = to_map(&*cur.record).map_err(WriteError::Invalid)?;
                         m.extend(to_map(&record).map_err(WriteError::Invalid)?);
                         from_map(m).map_err(WriteError::Invalid)?
                     }
@@ -501,6 +504,7 @@ impl<R: Keyed + Serialize + DeserializeOwned> Reducer<'_, R> {
                 };
                 self.check(&next)?;
                 let version = self.next_version(cur);
+                let next = Arc::new(next);
                 let mut e = Self::entry(i, WriteAction::Upsert, id.clone(), base, Some(next.clone()), meta);
                 e.upsert_mode = Some(mode);
                 plan.entries.push(e);
@@ -521,11 +525,12 @@ impl<R: Keyed + Serialize + DeserializeOwned> Reducer<'_, R> {
                 self.check_base(&id, base_version, cur, !commutative)?;
                 // Commutative ops go without a base version: hot counters never conflict.
                 let base = if commutative { base_version } else { base_version.or(confirmed(Some(cur))) };
-                let mut m = to_map(&cur.record).map_err(WriteError::Invalid)?;
+                let mut m = to_map(&*cur.record).map_err(WriteError::Invalid)?;
                 apply_patch(&mut m, &ops).map_err(|e| WriteError::Invalid(e.to_string()))?;
                 let next: R = from_map(m).map_err(WriteError::Invalid)?;
                 self.check(&next)?;
                 let version = self.next_version(Some(cur));
+                let next = Arc::new(next);
                 let mut e = Self::entry(i, WriteAction::Patch, id.clone(), base, Some(next.clone()), meta);
                 e.patch = ops;
                 plan.entries.push(e);
@@ -541,7 +546,7 @@ impl<R: Keyed + Serialize + DeserializeOwned> Reducer<'_, R> {
                 if record.is_none() && cur.version == version {
                     return Ok(Applied { id: Some(id), version: Some(version) });
                 }
-                let next = Entry::new(record.unwrap_or_else(|| cur.record.clone()), version);
+                let next = Entry::new(record.map_or_else(|| cur.record.clone(), Arc::new), version);
                 self.set(i, id.clone(), Some(next), plan);
                 Ok(Applied { id: Some(id), version: Some(version) })
             }

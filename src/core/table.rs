@@ -6,6 +6,7 @@
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::core::fields::Keyed;
 use crate::core::index::{FieldIndex, IndexSpec, OrderedBatch};
@@ -60,18 +61,22 @@ impl Touched {
 }
 
 /// A stored record and its server version (0: never confirmed by a server).
+///
+/// The record is shared (`Arc`): the table, a write's entry, its inverse patch and history
+/// hold one copy of it between them, so a write copies its record once (an update's closure
+/// changes a copy of the current record) however many places keep it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Entry<R> {
     /// The record.
-    pub record: R,
+    pub record: Arc<R>,
     /// The server version.
     pub version: u64,
 }
 
 impl<R> Entry<R> {
-    /// An entry.
-    pub fn new(record: R, version: u64) -> Self {
-        Self { record, version }
+    /// An entry of a record (owned or already shared).
+    pub fn new(record: impl Into<Arc<R>>, version: u64) -> Self {
+        Self { record: record.into(), version }
     }
 }
 
@@ -143,7 +148,7 @@ impl<R: Keyed> Table<R> {
         order.sort_by(|&a, &b| by_id(a, b));
         for s in order {
             if let Some(e) = &slots[s as usize] {
-                index.insert(s, &e.record, &by_id);
+                index.insert(s, &*e.record, &by_id);
             }
         }
         self.indexes.push(index);
@@ -166,7 +171,7 @@ impl<R: Keyed> Table<R> {
 
     /// The record with this id.
     pub fn get(&self, id: &R::Id) -> Option<&R> {
-        self.entry(id).map(|e| &e.record)
+        self.entry(id).map(|e| &*e.record)
     }
 
     /// The record with this id and its version.
@@ -307,9 +312,9 @@ impl<R: Keyed> Table<R> {
             let by_id = |a, b| cmp_slot_ids(slots, a, b);
             let mut batch = index.batches().then(|| OrderedBatch::with_capacity(edits_ref.len()));
             for (slot, prev, present) in edits_ref {
-                let now = slots[*slot as usize].as_ref().map(|e| &e.record);
+                let now = slots[*slot as usize].as_ref().map(|e| &*e.record);
                 // A delete's record is still in its slot: it is the old one.
-                let (before, after) = if *present { (prev.as_ref().map(|e| &e.record), now) } else { (now, None) };
+                let (before, after) = if *present { (prev.as_ref().map(|e| &*e.record), now) } else { (now, None) };
                 if let (Some(b), Some(a)) = (before, after)
                     && !index.changed(b, a)
                 {
@@ -392,7 +397,7 @@ impl<R: Keyed> Table<R> {
         // Which indexes see a change (an index past the 64th is always updated).
         let mut changed = 0u64;
         for (k, i) in self.indexes.iter().enumerate() {
-            if k >= 64 || i.changed(&old.record, &next.record) {
+            if k >= 64 || i.changed(&*old.record, &*next.record) {
                 changed |= 1u64 << k.min(63);
             }
         }
@@ -411,7 +416,7 @@ impl<R: Keyed> Table<R> {
                 if is_changed(k)
                     && let Some(e) = &slots[slot as usize]
                 {
-                    index.remove_in(slot, &e.record, &by_id, b.as_mut());
+                    index.remove_in(slot, &*e.record, &by_id, b.as_mut());
                 }
             }
         }
@@ -422,7 +427,7 @@ impl<R: Keyed> Table<R> {
             if is_changed(k)
                 && let Some(e) = &slots[slot as usize]
             {
-                index.insert_in(slot, &e.record, &by_id, b.as_mut());
+                index.insert_in(slot, &*e.record, &by_id, b.as_mut());
             }
         }
         old
@@ -435,7 +440,7 @@ impl<R: Keyed> Table<R> {
             let by_id = |a, b| cmp_slot_ids(slots, a, b);
             if let Some(e) = &slots[slot as usize] {
                 for (index, b) in self.indexes.iter_mut().zip(batch.iter_mut()) {
-                    index.remove_in(slot, &e.record, &by_id, b.as_mut());
+                    index.remove_in(slot, &*e.record, &by_id, b.as_mut());
                 }
             }
         }
@@ -476,7 +481,7 @@ impl<R: Keyed> Table<R> {
         let by_id = |a, b| cmp_slot_ids(slots, a, b);
         if let Some(e) = &slots[slot as usize] {
             for (index, b) in self.indexes.iter_mut().zip(batch.iter_mut()) {
-                index.insert_in(slot, &e.record, &by_id, b.as_mut());
+                index.insert_in(slot, &*e.record, &by_id, b.as_mut());
             }
         }
     }

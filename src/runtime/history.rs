@@ -2,6 +2,7 @@
 //! [`HistoryLog`].
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use bevy_ecs::message::Messages;
 use bevy_ecs::resource::Resource;
@@ -17,7 +18,7 @@ use crate::core::{Entry, IdMap, Op, OpMeta, Origin, Plan, Record, UpsertMode};
 pub(crate) struct Touch<T: Record> {
     pub id: T::Id,
     pub before: Option<Entry<T>>,
-    pub after: Option<T>,
+    pub after: Option<Arc<T>>,
 }
 
 /// One undoable action: the state of each record it touched, before it (and after it: a record
@@ -40,7 +41,7 @@ impl<T: Record> Action<T> {
 
     /// Adds a record: a record already held keeps its earlier `before` and takes the newer
     /// `after`.
-    fn add(&mut self, id: T::Id, before: Option<Entry<T>>, after: Option<T>) {
+    fn add(&mut self, id: T::Id, before: Option<Entry<T>>, after: Option<Arc<T>>) {
         match self.at.get(&id) {
             Some(&i) => self.touched[i].after = after,
             None => {
@@ -156,9 +157,9 @@ impl<T: Record> HistoryLog<T> {
             a.keys.remove(key);
             let Some(&i) = a.at.get(&inv.id) else { continue };
             let t = &mut a.touched[i];
-            let prev = inv.prev.as_ref().map(|e| &e.record);
+            let prev = inv.prev.as_ref().map(|e| &*e.record);
             // Optimistic: the store held the write's value; otherwise it held the state before.
-            if same_state(prev, t.after.as_ref()) || same_state(prev, t.before.as_ref().map(|e| &e.record)) {
+            if same_state(prev, t.after.as_deref()) || same_state(prev, t.before.as_ref().map(|e| &*e.record)) {
                 t.after = after.cloned();
             }
         }
@@ -366,13 +367,13 @@ impl<T: Record> History<'_, '_, T> {
                 Some(q) => q.clone(),
                 None => self.store.entry(&id).cloned(),
             };
-            if !same_state(current.as_ref().map(|e| &e.record), after.as_ref()) {
+            if !same_state(current.as_ref().map(|e| &*e.record), after.as_deref()) {
                 continue;
             }
             let op = match (&before, &current) {
-                (Some(b), Some(c)) if same(&b.record, &c.record) => None,
+                (Some(b), Some(c)) if same(&*b.record, &*c.record) => None,
                 (Some(b), _) => Some(Op::Upsert {
-                    record: b.record.clone(),
+                    record: T::clone(&b.record),
                     merge: false,
                     mode: UpsertMode::Loose,
                     base_version: None,
@@ -399,10 +400,10 @@ impl<T: Record> History<'_, '_, T> {
 /// The record each inverse entry's operation left (`None`: absent), aligned with
 /// `plan.inverse`: the state before the next operation on the same record, else the commit's
 /// final state.
-fn after_states<T: Record>(plan: &Plan<T>) -> Vec<Option<&T>> {
-    let mut next: IdMap<&T::Id, Option<&T>> =
+fn after_states<T: Record>(plan: &Plan<T>) -> Vec<Option<&Arc<T>>> {
+    let mut next: IdMap<&T::Id, Option<&Arc<T>>> =
         plan.changes.iter().map(|(id, e)| (id, e.as_ref().map(|e| &e.record))).collect();
-    let mut out: Vec<Option<&T>> = plan
+    let mut out: Vec<Option<&Arc<T>>> = plan
         .inverse
         .iter()
         .rev()
@@ -463,7 +464,7 @@ mod tests {
     }
 
     fn after(log: &HistoryLog<Thing>) -> Option<Thing> {
-        log.undo.last().and_then(|a| a.touched.first()).and_then(|t| t.after.clone())
+        log.undo.last().and_then(|a| a.touched.first()).and_then(|t| t.after.as_deref().cloned())
     }
 
     #[test]

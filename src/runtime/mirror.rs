@@ -164,7 +164,7 @@ fn same<T: Record>(a: &T, b: &T) -> Option<bool> {
 }
 
 fn bundle<T: Record>(entry: &Entry<T>) -> (Mirror<T>, MirrorOf<T>) {
-    (Mirror(entry.record.clone()), MirrorOf { id: entry.record.id().clone(), version: entry.version })
+    (Mirror(T::clone(&entry.record)), MirrorOf { id: entry.record.id().clone(), version: entry.version })
 }
 
 /// Sets up mirroring of store `T` (called by `add_store` when the config asks for it): spawns
@@ -263,11 +263,11 @@ fn publish<T: Record>(
             }
             (Some(entry), Some(e)) => {
                 if let Ok((mut m, mut of)) = mirrors.get_mut(e) {
-                    match same(&m.0, &entry.record) {
+                    match same(&m.0, &*entry.record) {
                         Some(true) => {}
-                        Some(false) => m.0 = entry.record.clone(),
+                        Some(false) => m.0 = T::clone(&entry.record),
                         // Cannot compare: refresh without a change the capture would act on.
-                        None => m.bypass_change_detection().0 = entry.record.clone(),
+                        None => m.bypass_change_detection().0 = T::clone(&entry.record),
                     }
                     if of.version != entry.version {
                         of.version = entry.version;

@@ -43,7 +43,7 @@ impl MergePolicy {
             (MergePolicy::UpsertOnly, Some(l)) if l.version >= version => None,
             (MergePolicy::PreserveMissing, Some(l)) => {
                 let (Ok(serde_json::Value::Object(mut base)), Ok(serde_json::Value::Object(over))) =
-                    (serde_json::to_value(&l.record), serde_json::to_value(&remote))
+                    (serde_json::to_value(&*l.record), serde_json::to_value(&remote))
                 else {
                     return Some(Op::Remote { id, version, record: Some(remote) });
                 };

@@ -14,12 +14,12 @@ use serde_json::{Map, Value as Json};
 use super::config::{StoreConfig, Transforms};
 use super::flush::{Outgoing, QueryPurpose};
 use super::history::HistoryLog;
-use super::writer::{ensure_key, key_of};
 use super::messages::{Committed, ReadFinished, ReadSource, Ticket, WriteFailure, WriteIntent, WriteSettled};
 use super::metrics::AtomaMetrics;
 use super::reads::PendingRead;
 use super::route::Routes;
 use super::store::Store;
+use super::writer::{ensure_key, key_of};
 use crate::core::{
     Entry, Filter, IdMap, IdSet, Inverse, Op, OpMeta, Origin, Query, Record, Versions, WriteAction, WriteEntry, reduce,
 };
@@ -250,20 +250,20 @@ fn to_wire<T: Record>(
     let meta = ItemMeta { idempotency_key: e.meta.idempotency_key.clone(), client_time_ms: e.meta.client_time_ms };
     let mut options = None;
     let (action, value, ops) = match e.action {
-        WriteAction::Create => (WriteAction::Create, e.value.as_ref().map(out).transpose()?, None),
+        WriteAction::Create => (WriteAction::Create, e.value.as_deref().map(out).transpose()?, None),
         WriteAction::Update => match &e.merge {
             Some(fields) => {
                 options = Some(WriteOptions { merge: Some(true), ..WriteOptions::default() });
                 (WriteAction::Update, Some(Json::Object(fields.clone())), None)
             }
-            None => (WriteAction::Update, e.value.as_ref().map(out).transpose()?, None),
+            None => (WriteAction::Update, e.value.as_deref().map(out).transpose()?, None),
         },
         WriteAction::Upsert => {
             options = Some(WriteOptions {
                 upsert: Some(UpsertOptions { mode: e.upsert_mode.unwrap_or_default() }),
                 ..WriteOptions::default()
             });
-            (WriteAction::Upsert, e.value.as_ref().map(out).transpose()?, None)
+            (WriteAction::Upsert, e.value.as_deref().map(out).transpose()?, None)
         }
         WriteAction::Delete => (WriteAction::Delete, None, None),
         WriteAction::Patch => (WriteAction::Patch, None, Some(e.patch.clone())),
@@ -968,7 +968,7 @@ fn settle_flight<T: Record>(
                 Json::Object(m) => from_json::<T>(m, state.transforms.writeback.as_ref()).ok(),
                 _ => None,
             })
-            .or_else(|| if f.optimistic { None } else { f.write.value.clone() });
+            .or_else(|| if f.optimistic { None } else { f.write.value.as_deref().cloned() });
         match (r.version, f.write.action) {
             (_, WriteAction::Delete) => {
                 if !f.optimistic {

@@ -44,7 +44,7 @@ impl<T: Record> Store<T> {
 
     /// All records, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = &T> {
-        self.table.iter().map(|e| &e.record)
+        self.table.iter().map(|e| &*e.record)
     }
 
     /// Runs a query over the indexes (synchronous, local).
