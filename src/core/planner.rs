@@ -536,7 +536,7 @@ impl<R: Keyed> Table<R> {
 
     fn token(&self, sort: &[SortKey], e: &Entry<R>) -> String {
         let keys: Vec<Key> = sort.iter().map(|k| e.record.path(&k.path).map_or(Key::Null, |v| v.to_key())).collect();
-        encode_cursor(sort, &keys, &*e.record.id().to_string())
+        encode_cursor(sort, &keys, &e.record.id().to_string())
     }
 
     /// Cursor tokens (only cursor pages need them: building one costs a JSON encoding).
