@@ -733,7 +733,7 @@ pub(crate) fn reduce_store<T: Record>(
         let flight = Flight {
             ticket,
             id: id.clone(),
-            route: match route_names.iter().find(|r| ***r == *route_name) {
+            route: match route_names.iter().find(|r| r.as_ref() == route_name) {
                 Some(r) => r.clone(),
                 None => {
                     route_names.push(route_name.into());
