@@ -11,6 +11,7 @@
 //!   when there is no sort — checking the filter until the page is full. A walk has a budget;
 //!   if the filter turns out rare it gives up and the candidates path runs instead.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::ops::Bound;
 use std::str::FromStr;
@@ -328,7 +329,7 @@ impl<R: Keyed> Table<R> {
                 let IndexData::Ordered(o) = &self.index(path, IndexKind::Ordered)?.data else { return None };
                 note(path, Some(IndexKind::Ordered), true);
                 let (lo, hi) = cmp_range(*op, key);
-                let mut s: Vec<u32> = o.range(as_ref(&lo), as_ref(&hi)).map(|(_, s)| *s).collect();
+                let mut s: Vec<u32> = o.range(as_ref(&lo), as_ref(&hi)).map(|(_, s)| s).collect();
                 s.sort_unstable();
                 s.dedup();
                 exact(s)
@@ -338,7 +339,7 @@ impl<R: Keyed> Table<R> {
                     note(path, Some(IndexKind::Ordered), true);
                     let lo = Key::Str(needle.clone());
                     let mut s: Vec<u32> =
-                        o.range(Bound::Included(&lo), as_ref(&prefix_upper(needle))).map(|(_, s)| *s).collect();
+                        o.range(Bound::Included(&lo), as_ref(&prefix_upper(needle))).map(|(_, s)| s).collect();
                     s.sort_unstable();
                     s.dedup();
                     return exact(s);
@@ -376,7 +377,7 @@ impl<R: Keyed> Table<R> {
             note(path, Some(IndexKind::Ordered), true);
             keys.iter()
                 .map(|k| {
-                    let mut l: Vec<u32> = o.range(Bound::Included(k), Bound::Included(k)).map(|(_, s)| *s).collect();
+                    let mut l: Vec<u32> = o.range(Bound::Included(k), Bound::Included(k)).map(|(_, s)| s).collect();
                     l.sort_unstable();
                     l
                 })
@@ -604,7 +605,7 @@ impl<R: Keyed> Table<R> {
                 (Some(k), true) => o.range(Bound::Unbounded, Bound::Included(k)),
                 (None, _) => o.range(Bound::Unbounded, Bound::Unbounded),
             };
-            let mut iter: Box<dyn Iterator<Item = &(Key, u32)>> =
+            let mut iter: Box<dyn Iterator<Item = (Cow<'_, Key>, u32)>> =
                 if reverse { Box::new(range.rev()) } else { Box::new(range) };
             // Visit groups of equal first keys; order each group by the full sort.
             let mut group: Vec<u32> = Vec::new();
@@ -618,10 +619,10 @@ impl<R: Keyed> Table<R> {
             };
             'walk: while let Some((key, slot)) = pending {
                 group.clear();
-                group.push(*slot);
+                group.push(slot);
                 pending = iter.next();
-                while let Some((k, s)) = pending {
-                    if k != key {
+                while let Some((k, s)) = &pending {
+                    if *k != key {
                         break;
                     }
                     group.push(*s);

@@ -183,7 +183,20 @@ impl<T: Ord> ChunkedSet<T> {
 
     /// The entries within the bounds, in order (none when the bounds cross).
     pub fn range<'a>(&'a self, lo: Bound<&T>, hi: Bound<&T>) -> impl DoubleEndedIterator<Item = &'a T> + use<'a, T> {
-        let (s, e) = (self.start(lo), self.end(hi));
+        self.between(self.start(lo), self.end(hi))
+    }
+
+    /// The entries from the first that fails `lo_before` to the first that fails
+    /// `hi_before`, in order (both hold for prefixes of the set; none when they cross).
+    pub fn range_by<'a>(
+        &'a self,
+        lo_before: impl Fn(&T) -> bool,
+        hi_before: impl Fn(&T) -> bool,
+    ) -> impl DoubleEndedIterator<Item = &'a T> {
+        self.between(self.first_where_not(lo_before), self.first_where_not(hi_before))
+    }
+
+    fn between<'a>(&'a self, s: Pos, e: Pos) -> impl DoubleEndedIterator<Item = &'a T> + use<'a, T> {
         let (s, e) = if s < e { (s, e) } else { ((0, 0), (0, 0)) };
         let last = if e.1 == 0 { e.0 } else { e.0 + 1 };
         (s.0..last.min(self.chunks.len())).flat_map(move |k| {
@@ -192,6 +205,15 @@ impl<T: Ord> ChunkedSet<T> {
             let to = if k == e.0 { e.1 } else { c.len() };
             c[from.min(to)..to].iter()
         })
+    }
+
+    /// A set of entries given in order, without duplicates.
+    pub fn from_sorted(entries: impl IntoIterator<Item = T>) -> Self {
+        let mut out = Builder { chunks: Vec::new(), len: 0 };
+        for e in entries {
+            out.push(e);
+        }
+        Self { chunks: out.chunks, len: out.len }
     }
 }
 

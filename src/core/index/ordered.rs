@@ -1,32 +1,92 @@
 //! The ordered index: a sorted set of (value, slot) in chunks, for ranges, prefixes and
 //! sorting.
+//!
+//! While every key is an integer or null (levels, scores, timestamps: the common case), the
+//! entries are packed into 16 bytes each instead of 32 (`(Key, u32)`), which halves the
+//! memory a large commit's merge streams through and makes comparisons one integer compare.
+//! The first key of another kind converts the index to the general form, once.
 
+use std::borrow::Cow;
 use std::ops::Bound;
 
 use super::chunked::ChunkedSet;
 use super::each_scalar;
 use crate::core::value::{Key, Value};
 
+/// An entry whose key is an integer or null, packed so that integer order is entry order:
+/// bit 96 is set for an integer, bits 32..96 hold it (sign bit flipped), bits 0..32 the slot.
+/// Null sorts first, as [`Key`] orders it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Packed(u128);
+
+impl Packed {
+    const INT: u128 = 1 << 96;
+
+    /// The packed entry, if the key packs.
+    fn new(k: &Key, slot: u32) -> Option<Self> {
+        match k {
+            Key::Null => Some(Self(u128::from(slot))),
+            Key::Int(v) => Some(Self(Self::INT | u128::from((*v as u64) ^ (1 << 63)) << 32 | u128::from(slot))),
+            _ => None,
+        }
+    }
+
+    fn key(self) -> Key {
+        if self.0 & Self::INT == 0 { Key::Null } else { Key::Int((((self.0 >> 32) as u64) ^ (1 << 63)) as i64) }
+    }
+
+    fn slot(self) -> u32 {
+        self.0 as u32
+    }
+
+    fn unpack(self) -> (Key, u32) {
+        (self.key(), self.slot())
+    }
+}
+
+/// The entries, packed while every key packs.
+#[derive(Debug)]
+enum Entries {
+    Packed(ChunkedSet<Packed>),
+    Keys(ChunkedSet<(Key, u32)>),
+}
+
+impl Default for Entries {
+    fn default() -> Self {
+        Entries::Packed(ChunkedSet::default())
+    }
+}
+
 /// Entries queued for an ordered index during a large commit.
 #[derive(Debug, Default)]
 pub(crate) struct OrderedBatch {
     remove: Vec<(Key, u32)>,
     insert: Vec<(Key, u32)>,
+    remove_packed: Vec<Packed>,
+    insert_packed: Vec<Packed>,
 }
 
 impl OrderedBatch {
     pub fn with_capacity(n: usize) -> Self {
-        Self { remove: Vec::with_capacity(n), insert: Vec::with_capacity(n) }
+        Self {
+            remove: Vec::new(),
+            insert: Vec::new(),
+            remove_packed: Vec::with_capacity(n),
+            insert_packed: Vec::with_capacity(n),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.remove.is_empty() && self.insert.is_empty()
+        self.remove.is_empty()
+            && self.insert.is_empty()
+            && self.remove_packed.is_empty()
+            && self.insert_packed.is_empty()
     }
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct OrderedIndex {
-    set: ChunkedSet<(Key, u32)>,
+    entries: Entries,
     /// Records whose value is not one scalar (lists, objects, NaN): while any exist, the index
     /// cannot give the sort order (it holds list elements, not whole lists).
     irregular: usize,
@@ -38,6 +98,41 @@ fn is_regular(v: Option<Value<'_>>) -> bool {
         Some(Value::List(_) | Value::Object(_)) => false,
         Some(Value::Float(x)) => !x.is_nan(),
         Some(_) => true,
+    }
+}
+
+/// The entries of a range, in order: keys of the packed form are rebuilt (integers and nulls:
+/// no allocation), those of the general form borrowed.
+enum Range<P, K> {
+    Packed(P),
+    Keys(K),
+}
+
+impl<'a, P, K> Iterator for Range<P, K>
+where
+    P: Iterator<Item = &'a Packed>,
+    K: Iterator<Item = &'a (Key, u32)>,
+{
+    type Item = (Cow<'a, Key>, u32);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Range::Packed(p) => p.next().map(|p| (Cow::Owned(p.key()), p.slot())),
+            Range::Keys(k) => k.next().map(|(k, s)| (Cow::Borrowed(k), *s)),
+        }
+    }
+}
+
+impl<'a, P, K> DoubleEndedIterator for Range<P, K>
+where
+    P: DoubleEndedIterator<Item = &'a Packed>,
+    K: DoubleEndedIterator<Item = &'a (Key, u32)>,
+{
+    fn next_back(&mut self) -> Option<Self::Item> {
+        match self {
+            Range::Packed(p) => p.next_back().map(|p| (Cow::Owned(p.key()), p.slot())),
+            Range::Keys(k) => k.next_back().map(|(k, s)| (Cow::Borrowed(k), *s)),
+        }
     }
 }
 
@@ -53,12 +148,28 @@ impl OrderedIndex {
         }
     }
 
+    /// Converts the packed form to the general one (a key that does not pack arrived).
+    fn widen(&mut self) -> &mut ChunkedSet<(Key, u32)> {
+        if let Entries::Packed(p) = &self.entries {
+            self.entries = Entries::Keys(ChunkedSet::from_sorted(p.iter().map(|p| p.unpack())));
+        }
+        match &mut self.entries {
+            Entries::Keys(k) => k,
+            Entries::Packed(_) => unreachable!("widened above"),
+        }
+    }
+
     pub fn insert(&mut self, slot: u32, v: Option<Value<'_>>) {
         if !is_regular(v) {
             self.irregular += 1;
         }
-        Self::each(v, |k| {
-            self.set.insert((k, slot));
+        Self::each(v, |k| match (&mut self.entries, Packed::new(&k, slot)) {
+            (Entries::Packed(p), Some(e)) => {
+                p.insert(e);
+            }
+            _ => {
+                self.widen().insert((k, slot));
+            }
         });
     }
 
@@ -66,8 +177,16 @@ impl OrderedIndex {
         if !is_regular(v) {
             self.irregular = self.irregular.saturating_sub(1);
         }
-        Self::each(v, |k| {
-            self.set.remove(&(k, slot));
+        Self::each(v, |k| match &mut self.entries {
+            Entries::Packed(p) => {
+                // A key that does not pack is not in a packed index.
+                if let Some(e) = Packed::new(&k, slot) {
+                    p.remove(&e);
+                }
+            }
+            Entries::Keys(s) => {
+                s.remove(&(k, slot));
+            }
         });
     }
 
@@ -77,7 +196,13 @@ impl OrderedIndex {
         if !is_regular(v) {
             self.irregular += 1;
         }
-        Self::each(v, |k| batch.insert.push((k, slot)));
+        Self::each(v, |k| match (&self.entries, Packed::new(&k, slot)) {
+            (Entries::Packed(_), Some(e)) => batch.insert_packed.push(e),
+            _ => {
+                self.widen();
+                batch.insert.push((k, slot));
+            }
+        });
     }
 
     /// Like [`remove`](Self::remove), with the entries queued in `batch`.
@@ -85,20 +210,42 @@ impl OrderedIndex {
         if !is_regular(v) {
             self.irregular = self.irregular.saturating_sub(1);
         }
-        Self::each(v, |k| batch.remove.push((k, slot)));
+        Self::each(v, |k| match (&self.entries, Packed::new(&k, slot)) {
+            (Entries::Packed(_), Some(e)) => batch.remove_packed.push(e),
+            // Not in a packed index, nor queued for it (a queued key that does not pack
+            // widens the index).
+            (Entries::Packed(_), None) => {}
+            (Entries::Keys(_), _) => batch.remove.push((k, slot)),
+        });
     }
 
-    /// Applies queued entries: removals, then insertions, each in key order (neighbouring
-    /// keys share B-tree nodes, which stay in cache). A batch must not remove an entry it
+    /// Applies queued entries: removals, then insertions, each in key order (merged in one
+    /// pass when the batch is large against the index). A batch must not remove an entry it
     /// inserts.
     pub fn apply_batch(&mut self, batch: &mut OrderedBatch) {
-        let mut remove = std::mem::take(&mut batch.remove);
-        let mut insert = std::mem::take(&mut batch.insert);
-        remove.sort_unstable();
-        remove.dedup();
-        insert.sort_unstable();
-        insert.dedup();
-        self.set.apply_sorted(remove, insert);
+        let mut remove_packed = std::mem::take(&mut batch.remove_packed);
+        let mut insert_packed = std::mem::take(&mut batch.insert_packed);
+        match &mut self.entries {
+            Entries::Packed(set) => {
+                remove_packed.sort_unstable();
+                remove_packed.dedup();
+                insert_packed.sort_unstable();
+                insert_packed.dedup();
+                set.apply_sorted(remove_packed, insert_packed);
+            }
+            Entries::Keys(set) => {
+                // Entries queued before the index widened join the general ones.
+                let mut remove = std::mem::take(&mut batch.remove);
+                let mut insert = std::mem::take(&mut batch.insert);
+                remove.extend(remove_packed.into_iter().map(Packed::unpack));
+                insert.extend(insert_packed.into_iter().map(Packed::unpack));
+                remove.sort_unstable();
+                remove.dedup();
+                insert.sort_unstable();
+                insert.dedup();
+                set.apply_sorted(remove, insert);
+            }
+        }
     }
 
     /// Whether walking the index gives every record once, in sort order of this field.
@@ -107,21 +254,175 @@ impl OrderedIndex {
     }
 
     /// Entries with keys in a range.
-    pub fn range(&self, lo: Bound<&Key>, hi: Bound<&Key>) -> impl DoubleEndedIterator<Item = &(Key, u32)> {
-        let lo = match lo {
-            Bound::Included(k) => Bound::Included((k.clone(), 0)),
-            Bound::Excluded(k) => Bound::Excluded((k.clone(), u32::MAX)),
-            Bound::Unbounded => Bound::Unbounded,
-        };
-        let hi = match hi {
-            Bound::Included(k) => Bound::Included((k.clone(), u32::MAX)),
-            Bound::Excluded(k) => Bound::Excluded((k.clone(), 0)),
-            Bound::Unbounded => Bound::Unbounded,
-        };
-        self.set.range(lo.as_ref(), hi.as_ref())
+    pub fn range<'a>(
+        &'a self,
+        lo: Bound<&Key>,
+        hi: Bound<&Key>,
+    ) -> impl DoubleEndedIterator<Item = (Cow<'a, Key>, u32)> + use<'a> {
+        match &self.entries {
+            Entries::Packed(set) => {
+                // Positions by comparing keys (a bound of any kind, packed or not).
+                let below = |b: Bound<&Key>, upper: bool| {
+                    let b = b.map(Key::clone);
+                    move |e: &Packed| match &b {
+                        Bound::Unbounded => upper,
+                        Bound::Included(k) if upper => e.key() <= *k,
+                        Bound::Included(k) => e.key() < *k,
+                        Bound::Excluded(k) if upper => e.key() < *k,
+                        Bound::Excluded(k) => e.key() <= *k,
+                    }
+                };
+                Range::Packed(set.range_by(below(lo, false), below(hi, true)))
+            }
+            Entries::Keys(set) => {
+                let lo = match lo {
+                    Bound::Included(k) => Bound::Included((k.clone(), 0)),
+                    Bound::Excluded(k) => Bound::Excluded((k.clone(), u32::MAX)),
+                    Bound::Unbounded => Bound::Unbounded,
+                };
+                let hi = match hi {
+                    Bound::Included(k) => Bound::Included((k.clone(), u32::MAX)),
+                    Bound::Excluded(k) => Bound::Excluded((k.clone(), 0)),
+                    Bound::Unbounded => Bound::Unbounded,
+                };
+                Range::Keys(set.range(lo.as_ref(), hi.as_ref()))
+            }
+        }
     }
 
     pub fn heap_size(&self) -> usize {
-        self.set.heap_size() + self.set.iter().map(|(k, _)| k.heap_size()).sum::<usize>()
+        match &self.entries {
+            Entries::Packed(set) => set.heap_size(),
+            Entries::Keys(set) => set.heap_size() + set.iter().map(|(k, _)| k.heap_size()).sum::<usize>(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    fn rng(mut x: u64) -> impl FnMut(u64) -> u64 {
+        move |n| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        }
+    }
+
+    /// A key of the kinds that pack (mostly), and now and then one that does not.
+    fn key(r: &mut impl FnMut(u64) -> u64, widen: bool) -> Key {
+        match r(if widen { 12 } else { 10 }) {
+            0 => Key::Null,
+            1 => Key::Int(i64::MIN + r(3) as i64),
+            2 => Key::Int(i64::MAX - r(3) as i64),
+            10 => Key::Str(format!("s{}", r(5)).into()),
+            11 => Key::Float(r(40) as f64 - 19.5),
+            _ => Key::Int(r(40) as i64 - 20),
+        }
+    }
+
+    fn value(k: &Key) -> Option<Value<'_>> {
+        match k {
+            Key::Null => None,
+            k => Some(k.as_value()),
+        }
+    }
+
+    fn bounds(r: &mut impl FnMut(u64) -> u64, widen: bool) -> (Bound<Key>, Bound<Key>) {
+        let b = |r: &mut dyn FnMut(u64) -> u64| {
+            let wide = widen || r(4) == 0;
+            let k = key(&mut |n| r(n), wide);
+            match r(3) {
+                0 => Bound::Unbounded,
+                1 => Bound::Included(k),
+                _ => Bound::Excluded(k),
+            }
+        };
+        (b(r), b(r))
+    }
+
+    fn model_range(m: &BTreeSet<(Key, u32)>, lo: Bound<&Key>, hi: Bound<&Key>) -> Vec<(Key, u32)> {
+        m.iter()
+            .filter(|(k, _)| match lo {
+                Bound::Unbounded => true,
+                Bound::Included(x) => k >= x,
+                Bound::Excluded(x) => k > x,
+            })
+            .filter(|(k, _)| match hi {
+                Bound::Unbounded => true,
+                Bound::Included(x) => k <= x,
+                Bound::Excluded(x) => k < x,
+            })
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn packed_and_widened_forms_behave_as_a_set_of_keys() {
+        let mut widened = 0;
+        for seed in 1..60u64 {
+            let mut r = rng(seed * 104_729);
+            let mut index = OrderedIndex::default();
+            let mut model: BTreeSet<(Key, u32)> = BTreeSet::new();
+            // Which key each slot holds.
+            let mut held: Vec<Option<Key>> = vec![None; 40];
+            // Some seeds widen half-way; others stay packed throughout.
+            let widens_at = if seed % 2 == 0 { 15 } else { usize::MAX };
+            for round in 0..30 {
+                let widen = round >= widens_at;
+                let batched = r(2) == 0;
+                let mut batch = OrderedBatch::with_capacity(8);
+                let mut changed = BTreeSet::new();
+                for _ in 0..r(25) {
+                    let slot = r(40) as u32;
+                    // A batch changes each slot once (as a commit's distinct records do).
+                    if batched && !changed.insert(slot) {
+                        continue;
+                    }
+                    if let Some(old) = held[slot as usize].take() {
+                        model.remove(&(old.clone(), slot));
+                        if batched {
+                            index.defer_remove(slot, value(&old), &mut batch);
+                        } else {
+                            index.remove(slot, value(&old));
+                        }
+                    }
+                    if r(4) != 0 {
+                        let k = key(&mut r, widen);
+                        model.insert((k.clone(), slot));
+                        if batched {
+                            index.defer_insert(slot, value(&k), &mut batch);
+                        } else {
+                            index.insert(slot, value(&k));
+                        }
+                        held[slot as usize] = Some(k);
+                    }
+                }
+                index.apply_batch(&mut batch);
+                let all: Vec<(Key, u32)> =
+                    index.range(Bound::Unbounded, Bound::Unbounded).map(|(k, s)| (k.into_owned(), s)).collect();
+                assert_eq!(all, model.iter().cloned().collect::<Vec<_>>(), "seed {seed} round {round}");
+                // Integers and nulls only, so far: still packed.
+                if !widen {
+                    assert!(matches!(index.entries, Entries::Packed(_)));
+                }
+                for _ in 0..10 {
+                    let (lo, hi) = bounds(&mut r, widen);
+                    let got: Vec<(Key, u32)> =
+                        index.range(lo.as_ref(), hi.as_ref()).map(|(k, s)| (k.into_owned(), s)).collect();
+                    assert_eq!(got, model_range(&model, lo.as_ref(), hi.as_ref()), "{lo:?}..{hi:?}");
+                    let back: Vec<(Key, u32)> =
+                        index.range(lo.as_ref(), hi.as_ref()).rev().map(|(k, s)| (k.into_owned(), s)).collect();
+                    assert_eq!(back.len(), got.len());
+                    assert!(back.iter().rev().eq(got.iter()));
+                }
+            }
+            widened += usize::from(matches!(index.entries, Entries::Keys(_)));
+        }
+        assert!(widened >= 20, "only {widened} seeds widened");
     }
 }
