@@ -188,11 +188,11 @@ impl<T: Ord> ChunkedSet<T> {
 
     /// The entries from the first that fails `lo_before` to the first that fails
     /// `hi_before`, in order (both hold for prefixes of the set; none when they cross).
-    pub fn range_by<'a>(
-        &'a self,
+    pub fn range_by(
+        &self,
         lo_before: impl Fn(&T) -> bool,
         hi_before: impl Fn(&T) -> bool,
-    ) -> impl DoubleEndedIterator<Item = &'a T> {
+    ) -> impl DoubleEndedIterator<Item = &T> {
         self.between(self.first_where_not(lo_before), self.first_where_not(hi_before))
     }
 
