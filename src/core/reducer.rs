@@ -5,6 +5,7 @@
 //! [`Table::apply`] once — one commit, one index update — however many operations the frame
 //! held.
 
+use std::collections::hash_map;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -149,6 +150,22 @@ pub enum Op<R: Keyed> {
     },
 }
 
+impl<R: Keyed> Op<R> {
+    /// The record the op is about (`None` for a hydrate, which may hold several).
+    pub fn target(&self) -> Option<&R::Id> {
+        match self {
+            Op::Hydrate(_) => None,
+            Op::Create(r) | Op::Upsert { record: r, .. } => Some(r.id()),
+            Op::Update { id, .. }
+            | Op::Delete { id, .. }
+            | Op::Patch { id, .. }
+            | Op::Writeback { id, .. }
+            | Op::Remote { id, .. }
+            | Op::Restore { id, .. } => Some(id),
+        }
+    }
+}
+
 /// A write's kind, as on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -254,6 +271,10 @@ pub struct Segment {
 pub struct Plan<R: Keyed> {
     /// The final state of each changed record, in order of first change.
     pub changes: Vec<Change<R>>,
+    /// For each change, the table's indexes whose field may differ from the record's stored
+    /// state (bit `k`: index `k`; bit 63 also stands for every index past it), found while
+    /// both states are in the cache. [`Table::apply_hinted`] skips the others.
+    pub changed_indexes: Vec<u64>,
     /// One result per operation.
     pub results: Vec<Settled<R>>,
     /// Inverse patches, in operation order.
@@ -306,17 +327,25 @@ where
         table,
         overlay: IdMap::with_capacity_and_hasher(n, Default::default()),
         order: Vec::with_capacity(n),
+        masks: Vec::with_capacity(n),
         versions,
         validate,
     };
     let mut plan = Plan {
         changes: Vec::new(),
+        changed_indexes: Vec::new(),
         results: Vec::with_capacity(n),
         inverse: Vec::with_capacity(n),
         entries: Vec::with_capacity(n),
         segments: Vec::new(),
     };
+    // Each op's record is looked up in the table once, in a loop of independent lookups (the
+    // processor overlaps their cache misses); the main loop warms the slots and records a few
+    // ops ahead, so that an update rarely waits on memory.
+    let at: Vec<Option<u32>> =
+        ops.iter().map(|(op, _)| op.target().and_then(|id| table.by_id.get(id).copied())).collect();
     for (i, (op, meta)) in ops.into_iter().enumerate() {
+        r.warm(&at, i);
         match plan.segments.last_mut() {
             Some(s) if s.origin == meta.origin && s.action_id == meta.action_id && s.route == meta.route => {
                 s.ops.end = i + 1
@@ -328,15 +357,16 @@ where
                 ops: i..i + 1,
             }),
         }
-        let result = r.one(i, op, meta, &mut plan);
+        let result = r.one(i, op, meta, at[i], &mut plan);
         plan.results.push(result);
     }
     let mut overlay = r.overlay;
     // Sized up front: a collect that regrows a large vector makes glibc consolidate its free
     // lists in the middle of a frame.
     plan.changes = Vec::with_capacity(r.order.len());
+    plan.changed_indexes = r.masks;
     for id in r.order {
-        if let Some(e) = overlay.remove(&id) {
+        if let Some((e, _)) = overlay.remove(&id) {
             plan.changes.push((id, e));
         }
     }
@@ -345,8 +375,11 @@ where
 
 struct Reducer<'a, R: Keyed> {
     table: &'a Table<R>,
-    overlay: IdMap<R::Id, Option<Entry<R>>>,
+    /// Each changed record's state so far, and its place in `order`.
+    overlay: IdMap<R::Id, (Option<Entry<R>>, usize)>,
     order: Vec<R::Id>,
+    /// Per record in `order`: the indexes its change may touch (see [`Plan::changed_indexes`]).
+    masks: Vec<u64>,
     versions: Versions,
     validate: Option<Validate<'a, R>>,
 }
@@ -363,19 +396,52 @@ fn from_map<R: DeserializeOwned>(m: Map<String, Json>) -> Result<R, String> {
     serde_json::from_value(Json::Object(m)).map_err(|e| e.to_string())
 }
 
+/// How far ahead the reducer warms the table's slots, and records.
+const WARM_SLOTS: usize = 32;
+const WARM_RECORDS: usize = 12;
+
 impl<R: Keyed + Serialize + DeserializeOwned> Reducer<'_, R> {
-    fn current(&self, id: &R::Id) -> Option<&Entry<R>> {
+    /// The record as the ops so far left it; `at` is its slot in the table, if it has one.
+    fn current(&self, id: &R::Id, at: Option<u32>) -> Option<&Entry<R>> {
         match self.overlay.get(id) {
-            Some(e) => e.as_ref(),
-            None => self.table.entry(id),
+            Some((e, _)) => e.as_ref(),
+            None => self.table.slot(at?),
         }
     }
 
-    fn set(&mut self, op: usize, id: R::Id, next: Option<Entry<R>>, plan: &mut Plan<R>) {
-        let prev = self.current(&id).cloned();
+    /// Loads the slot of op `i + WARM_SLOTS` and the record of op `i + WARM_RECORDS` (whose
+    /// slot was loaded earlier) into the cache.
+    fn warm(&self, at: &[Option<u32>], i: usize) {
+        if let Some(&Some(s)) = at.get(i + WARM_SLOTS) {
+            std::hint::black_box(self.table.slots.get(s as usize).map(Option::is_some));
+        }
+        if let Some(&Some(s)) = at.get(i + WARM_RECORDS)
+            && let Some(e) = self.table.slot(s)
+        {
+            std::hint::black_box(Arc::strong_count(&e.record));
+        }
+    }
+
+    fn set(&mut self, op: usize, id: R::Id, at: Option<u32>, next: Option<Entry<R>>, plan: &mut Plan<R>) {
+        let prev = self.current(&id, at).cloned();
         plan.inverse.push(Inverse { op, id: id.clone(), prev });
-        if self.overlay.insert(id.clone(), next).is_none() {
-            self.order.push(id);
+        match self.overlay.entry(id) {
+            hash_map::Entry::Occupied(mut o) => {
+                // Changed again: compared with the stored state by the table.
+                let at = o.get().1;
+                o.get_mut().0 = next;
+                self.masks[at] = u64::MAX;
+            }
+            hash_map::Entry::Vacant(v) => {
+                // The first change: `prev` is the stored state.
+                let mask = match (&plan.inverse.last().and_then(|i| i.prev.as_ref()), &next) {
+                    (Some(before), Some(after)) => self.table.indexes_changed(&before.record, &after.record),
+                    _ => u64::MAX,
+                };
+                self.order.push(v.key().clone());
+                self.masks.push(mask);
+                v.insert((next, self.order.len() - 1));
+            }
         }
     }
 
@@ -428,32 +494,33 @@ impl<R: Keyed + Serialize + DeserializeOwned> Reducer<'_, R> {
         }
     }
 
-    fn one(&mut self, i: usize, op: Op<R>, meta: OpMeta, plan: &mut Plan<R>) -> Settled<R> {
+    fn one(&mut self, i: usize, op: Op<R>, meta: OpMeta, at: Option<u32>, plan: &mut Plan<R>) -> Settled<R> {
         let confirmed = |e: Option<&Entry<R>>| e.map(|e| e.version).filter(|v| *v > 0);
         match op {
             Op::Hydrate(entries) => {
                 for e in entries {
                     let id = e.record.id().clone();
-                    if self.current(&id).is_none() && !self.overlay.contains_key(&id) {
-                        self.set(i, id, Some(e), plan);
+                    let at = self.table.by_id.get(&id).copied();
+                    if self.current(&id, at).is_none() && !self.overlay.contains_key(&id) {
+                        self.set(i, id, at, Some(e), plan);
                     }
                 }
                 Ok(Applied { id: None, version: None })
             }
             Op::Create(record) => {
                 let id = record.id().clone();
-                if self.current(&id).is_some() {
+                if self.current(&id, at).is_some() {
                     return Err(WriteError::Duplicate(id));
                 }
                 self.check(&record)?;
                 let version = self.next_version(None);
                 let record = Arc::new(record);
                 plan.entries.push(Self::entry(i, WriteAction::Create, id.clone(), None, Some(record.clone()), meta));
-                self.set(i, id.clone(), Some(Entry::new(record, version)), plan);
+                self.set(i, id.clone(), at, Some(Entry::new(record, version)), plan);
                 Ok(Applied { id: Some(id), version: Some(version) })
             }
             Op::Update { id, base_version, with } => {
-                let Some(cur) = self.current(&id) else { return Err(WriteError::NotFound(id)) };
+                let Some(cur) = self.current(&id, at) else { return Err(WriteError::NotFound(id)) };
                 self.check_base(&id, base_version, cur, true)?;
                 let base = base_version.or(confirmed(Some(cur)));
                 let mut merged = None;
@@ -482,12 +549,12 @@ impl<R: Keyed + Serialize + DeserializeOwned> Reducer<'_, R> {
                 let mut e = Self::entry(i, WriteAction::Update, id.clone(), base, Some(next.clone()), meta);
                 e.merge = merged;
                 plan.entries.push(e);
-                self.set(i, id.clone(), Some(Entry::new(next, version)), plan);
+                self.set(i, id.clone(), at, Some(Entry::new(next, version)), plan);
                 Ok(Applied { id: Some(id), version: Some(version) })
             }
             Op::Upsert { record, merge, mode, base_version } => {
                 let id = record.id().clone();
-                let cur = self.current(&id);
+                let cur = self.current(&id, at);
                 if let Some(cur) = cur
                     && mode == UpsertMode::Strict
                 {
@@ -508,19 +575,19 @@ impl<R: Keyed + Serialize + DeserializeOwned> Reducer<'_, R> {
                 let mut e = Self::entry(i, WriteAction::Upsert, id.clone(), base, Some(next.clone()), meta);
                 e.upsert_mode = Some(mode);
                 plan.entries.push(e);
-                self.set(i, id.clone(), Some(Entry::new(next, version)), plan);
+                self.set(i, id.clone(), at, Some(Entry::new(next, version)), plan);
                 Ok(Applied { id: Some(id), version: Some(version) })
             }
             Op::Delete { id, base_version } => {
-                let Some(cur) = self.current(&id) else { return Err(WriteError::NotFound(id)) };
+                let Some(cur) = self.current(&id, at) else { return Err(WriteError::NotFound(id)) };
                 self.check_base(&id, base_version, cur, true)?;
                 let base = base_version.or(confirmed(Some(cur)));
                 plan.entries.push(Self::entry(i, WriteAction::Delete, id.clone(), base, None, meta));
-                self.set(i, id.clone(), None, plan);
+                self.set(i, id.clone(), at, None, plan);
                 Ok(Applied { id: Some(id), version: None })
             }
             Op::Patch { id, base_version, ops } => {
-                let Some(cur) = self.current(&id) else { return Err(WriteError::NotFound(id)) };
+                let Some(cur) = self.current(&id, at) else { return Err(WriteError::NotFound(id)) };
                 let commutative = ops.iter().all(PatchOp::is_commutative);
                 self.check_base(&id, base_version, cur, !commutative)?;
                 // Commutative ops go without a base version: hot counters never conflict.
@@ -534,11 +601,11 @@ impl<R: Keyed + Serialize + DeserializeOwned> Reducer<'_, R> {
                 let mut e = Self::entry(i, WriteAction::Patch, id.clone(), base, Some(next.clone()), meta);
                 e.patch = ops;
                 plan.entries.push(e);
-                self.set(i, id.clone(), Some(Entry::new(next, version)), plan);
+                self.set(i, id.clone(), at, Some(Entry::new(next, version)), plan);
                 Ok(Applied { id: Some(id), version: Some(version) })
             }
             Op::Writeback { id, version, record } => {
-                let Some(cur) = self.current(&id) else { return Ok(Applied { id: Some(id), version: None }) };
+                let Some(cur) = self.current(&id, at) else { return Ok(Applied { id: Some(id), version: None }) };
                 if version < cur.version {
                     // A later confirmation already moved the record on: versions never go back.
                     return Ok(Applied { id: Some(id), version: Some(cur.version) });
@@ -547,27 +614,27 @@ impl<R: Keyed + Serialize + DeserializeOwned> Reducer<'_, R> {
                     return Ok(Applied { id: Some(id), version: Some(version) });
                 }
                 let next = Entry::new(record.map_or_else(|| cur.record.clone(), Arc::new), version);
-                self.set(i, id.clone(), Some(next), plan);
+                self.set(i, id.clone(), at, Some(next), plan);
                 Ok(Applied { id: Some(id), version: Some(version) })
             }
             Op::Remote { id, version, record } => {
-                if let Some(cur) = self.current(&id)
+                if let Some(cur) = self.current(&id, at)
                     && cur.version > version
                 {
                     // The local copy is newer than the change: keep it.
                     return Ok(Applied { id: Some(id), version: Some(cur.version) });
                 }
-                if self.current(&id).is_none() && record.is_none() {
+                if self.current(&id, at).is_none() && record.is_none() {
                     return Ok(Applied { id: Some(id), version: None });
                 }
                 let next = record.map(|r| Entry::new(r, version));
                 let v = next.as_ref().map(|e| e.version);
-                self.set(i, id.clone(), next, plan);
+                self.set(i, id.clone(), at, next, plan);
                 Ok(Applied { id: Some(id), version: v })
             }
             Op::Restore { id, entry } => {
                 let v = entry.as_ref().map(|e| e.version);
-                self.set(i, id.clone(), entry, plan);
+                self.set(i, id.clone(), at, entry, plan);
                 Ok(Applied { id: Some(id), version: v })
             }
         }

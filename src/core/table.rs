@@ -23,6 +23,17 @@ const BATCH_MIN: usize = 64;
 /// parallel path is exercised by small tables.
 const PARALLEL_MIN: usize = if cfg!(debug_assertions) { 16 } else { 2048 };
 
+/// How far ahead a parallel index update loads the records it will read.
+const WARM_AHEAD: usize = 8;
+
+/// Loads a record into the cache (its first line: the reference counts and the fields after
+/// them).
+fn warm<R>(e: Option<&Entry<R>>) {
+    if let Some(e) = e {
+        std::hint::black_box(Arc::strong_count(&e.record));
+    }
+}
+
 /// How many threads a commit's index updates may use.
 fn parallelism() -> usize {
     static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
@@ -208,9 +219,20 @@ impl<R: Keyed> Table<R> {
     /// [`apply`](Self::apply), moving the entries it replaces or deletes into `old` instead
     /// of dropping them (a caller can free them elsewhere: off the game thread).
     pub fn apply_keeping(&mut self, changes: impl IntoIterator<Item = Change<R>>, old: &mut Vec<Entry<R>>) -> usize {
+        self.apply_hinted(changes.into_iter().map(|c| (c, u64::MAX)), old)
+    }
+
+    /// [`apply_keeping`](Self::apply_keeping) with each change's
+    /// [`indexes_changed`](Self::indexes_changed) against the stored record (`u64::MAX`: not
+    /// known). Indexes outside a change's mask are not touched for it.
+    pub fn apply_hinted(
+        &mut self,
+        changes: impl IntoIterator<Item = (Change<R>, u64)>,
+        old: &mut Vec<Entry<R>>,
+    ) -> usize {
         let changes = changes.into_iter();
         if changes.size_hint().0 >= PARALLEL_MIN && self.indexes.len() >= 2 && parallelism() >= 2 {
-            let changes: Vec<Change<R>> = changes.collect();
+            let changes: Vec<(Change<R>, u64)> = changes.collect();
             return match self.apply_parallel(changes, old) {
                 Ok(n) => n,
                 // A record changed twice: the sequential path orders its index updates.
@@ -220,8 +242,20 @@ impl<R: Keyed> Table<R> {
         self.apply_sequential(changes, old)
     }
 
+    /// Which indexes see a different value between two states of a record: bit `k` for
+    /// index `k`; bit 63 is always set when there are more than 63 indexes.
+    pub fn indexes_changed(&self, old: &R, new: &R) -> u64 {
+        let mut changed = 0u64;
+        for (k, i) in self.indexes.iter().enumerate() {
+            if k >= 63 || i.changed(old, new) {
+                changed |= 1u64 << k.min(63);
+            }
+        }
+        changed
+    }
+
     /// [`apply_keeping`](Self::apply_keeping) one change after another.
-    fn apply_sequential(&mut self, changes: impl Iterator<Item = Change<R>>, old: &mut Vec<Entry<R>>) -> usize {
+    fn apply_sequential(&mut self, changes: impl Iterator<Item = (Change<R>, u64)>, old: &mut Vec<Entry<R>>) -> usize {
         let batched = changes.size_hint().0 >= BATCH_MIN && self.indexes.iter().any(FieldIndex::batches);
         let hint = changes.size_hint().0;
         let mut batch: Vec<Option<OrderedBatch>> =
@@ -239,7 +273,7 @@ impl<R: Keyed> Table<R> {
         }
         old.reserve(hint);
         let mut n = 0;
-        for (id, next) in changes {
+        for ((id, next), hint) in changes {
             n += 1;
             let slot = self.by_id.get(&id).copied();
             if batched {
@@ -251,7 +285,7 @@ impl<R: Keyed> Table<R> {
                 }
             }
             match (slot, next) {
-                (Some(slot), Some(next)) => old.extend(self.replace(slot, next, &mut batch)),
+                (Some(slot), Some(next)) => old.extend(self.replace(slot, next, hint, &mut batch)),
                 (Some(slot), None) => old.extend(self.delete(slot, &id, &mut batch)),
                 (None, Some(next)) => self.insert(id, next, &mut batch),
                 (None, None) => n -= 1,
@@ -265,10 +299,14 @@ impl<R: Keyed> Table<R> {
     /// index is updated from the old and new records on its own thread (indexes share nothing
     /// but read access to the slots), then deleted slots are freed. Hands the changes back
     /// untouched when a record appears twice.
-    fn apply_parallel(&mut self, changes: Vec<Change<R>>, old: &mut Vec<Entry<R>>) -> Result<usize, Vec<Change<R>>> {
+    fn apply_parallel(
+        &mut self,
+        changes: Vec<(Change<R>, u64)>,
+        old: &mut Vec<Entry<R>>,
+    ) -> Result<usize, Vec<(Change<R>, u64)>> {
         // Each existing record once.
         let mut seen = Touched { bits: vec![0; self.slots.len() / 64 + 1], set: Vec::with_capacity(changes.len()) };
-        for (id, _) in &changes {
+        for ((id, _), _) in &changes {
             if let Some(&s) = self.by_id.get(id)
                 && !seen.insert(s)
             {
@@ -277,7 +315,7 @@ impl<R: Keyed> Table<R> {
         }
         // Each new id once too (a later change of it would find the slot phase 1 gave it).
         let mut new_ids: IdSet<&R::Id> = IdSet::default();
-        for (id, _) in &changes {
+        for ((id, _), _) in &changes {
             if !self.by_id.contains_key(id) && !new_ids.insert(id) {
                 return Err(changes);
             }
@@ -285,21 +323,21 @@ impl<R: Keyed> Table<R> {
         drop(new_ids);
         // 1. Records into their slots. A deleted record stays in place until its index
         //    entries are gone (postings in id order compare against it).
-        let mut edits: Vec<(u32, Option<Entry<R>>, bool)> = Vec::with_capacity(changes.len());
+        let mut edits: Vec<(u32, Option<Entry<R>>, bool, u64)> = Vec::with_capacity(changes.len());
         let mut deleted: Vec<(u32, R::Id)> = Vec::new();
-        for (id, next) in changes {
+        for ((id, next), hint) in changes {
             match (self.by_id.get(&id).copied(), next) {
                 (Some(slot), Some(next)) => {
                     let prev = self.slots[slot as usize].replace(next);
-                    edits.push((slot, prev, true));
+                    edits.push((slot, prev, true, hint));
                 }
                 (Some(slot), None) => {
-                    edits.push((slot, None, false));
+                    edits.push((slot, None, false, u64::MAX));
                     deleted.push((slot, id));
                 }
                 (None, Some(next)) => {
                     let slot = self.place(id, next);
-                    edits.push((slot, None, true));
+                    edits.push((slot, None, true, u64::MAX));
                 }
                 (None, None) => {}
             }
@@ -308,14 +346,28 @@ impl<R: Keyed> Table<R> {
         //    one has (only where the field changed).
         let slots = &self.slots;
         let edits_ref = &edits;
-        let update = |index: &mut FieldIndex| {
+        let update = |(k, index): (usize, &mut FieldIndex)| {
             let by_id = |a, b| cmp_slot_ids(slots, a, b);
             let mut batch = index.batches().then(|| OrderedBatch::with_capacity(edits_ref.len()));
-            for (slot, prev, present) in edits_ref {
+            let bit = 1u64 << k.min(63);
+            for (i, (slot, prev, present, hint)) in edits_ref.iter().enumerate() {
+                if hint & bit == 0 {
+                    continue;
+                }
+                // The records of an edit a few ahead, into the cache (they are read for their
+                // keys, and are rarely still cached from the reduce).
+                if let Some((s, p, _, h)) = edits_ref.get(i + WARM_AHEAD)
+                    && h & bit != 0
+                {
+                    warm(p.as_ref());
+                    warm(slots.get(*s as usize).and_then(Option::as_ref));
+                }
                 let now = slots[*slot as usize].as_ref().map(|e| &*e.record);
                 // A delete's record is still in its slot: it is the old one.
                 let (before, after) = if *present { (prev.as_ref().map(|e| &*e.record), now) } else { (now, None) };
+                // A precise hint already compared the field.
                 if let (Some(b), Some(a)) = (before, after)
+                    && *hint == u64::MAX
                     && !index.changed(b, a)
                 {
                     continue;
@@ -334,7 +386,7 @@ impl<R: Keyed> Table<R> {
         let workers = parallelism().min(self.indexes.len());
         // Each worker takes the next index not yet taken; this thread works too, so a thread
         // that cannot start only leaves more to the others.
-        let queue = std::sync::Mutex::new(self.indexes.iter_mut());
+        let queue = std::sync::Mutex::new(self.indexes.iter_mut().enumerate());
         let work = || loop {
             // The lock is held only to take the next index.
             let Some(index) = queue.lock().unwrap_or_else(|p| p.into_inner()).next() else { break };
@@ -348,7 +400,7 @@ impl<R: Keyed> Table<R> {
         });
         // 3. Deleted records leave their slots.
         let n = edits.len();
-        for (slot, prev, present) in edits {
+        for (slot, prev, present, _) in edits {
             if present {
                 old.extend(prev);
             } else if let Some(e) = self.slots[slot as usize].take() {
@@ -392,15 +444,16 @@ impl<R: Keyed> Table<R> {
     }
 
     /// Sets a slot's entry; returns the one it held.
-    fn replace(&mut self, slot: u32, next: Entry<R>, batch: &mut [Option<OrderedBatch>]) -> Option<Entry<R>> {
+    fn replace(
+        &mut self,
+        slot: u32,
+        next: Entry<R>,
+        hint: u64,
+        batch: &mut [Option<OrderedBatch>],
+    ) -> Option<Entry<R>> {
         let old = self.slots[slot as usize].take()?;
-        // Which indexes see a change (an index past the 64th is always updated).
-        let mut changed = 0u64;
-        for (k, i) in self.indexes.iter().enumerate() {
-            if k >= 64 || i.changed(&*old.record, &*next.record) {
-                changed |= 1u64 << k.min(63);
-            }
-        }
+        // Which indexes see a change (an index past the 63rd is always updated).
+        let changed = if hint == u64::MAX { self.indexes_changed(&old.record, &next.record) } else { hint };
         let is_changed = |k: usize| k >= 63 || changed & (1u64 << k) != 0;
         if changed == 0 {
             // Only the version or unindexed fields changed.

@@ -709,7 +709,7 @@ pub(crate) fn reduce_store<T: Record>(
     if state.history_enabled {
         history.record(&plan, &op_meta, &ok_ops);
     }
-    let crate::core::Plan { changes, inverse, entries, .. } = plan;
+    let crate::core::Plan { changes, changed_indexes, inverse, entries, .. } = plan;
 
     // Entries to persist, through their routes; non-optimistic routes apply on confirmation.
     let mut deferred: IdSet<T::Id> = IdSet::default();
@@ -756,15 +756,15 @@ pub(crate) fn reduce_store<T: Record>(
     send(state, &routes, &mut outgoing, to_send);
 
     let changes: Vec<_> = if deferred.is_empty() {
-        changes
+        changes.into_iter().zip(changed_indexes).collect()
     } else {
-        changes.into_iter().filter(|(id, _)| !deferred.contains(id)).collect()
+        changes.into_iter().zip(changed_indexes).filter(|((id, _), _)| !deferred.contains(id)).collect()
     };
-    let mut changed: Vec<T::Id> = changes.iter().map(|(id, _)| id.clone()).collect();
+    let mut changed: Vec<T::Id> = changes.iter().map(|((id, _), _)| id.clone()).collect();
     let bumped = store.bypass_change_detection().table.set_versions(version_only, &mut changed);
     if !changes.is_empty() || bumped > 0 {
         let store = &mut *store;
-        store.table.apply_keeping(changes, &mut leftovers.entries);
+        store.table.apply_hinted(changes, &mut leftovers.entries);
         store.revision += 1;
         let m = metrics.entry(name);
         m.commits += 1;

@@ -86,7 +86,8 @@ impl<T: Ord> ChunkedSet<T> {
     }
 
     /// Removes every entry of `remove` and inserts every entry of `insert` (both sorted).
-    /// A batch that is large against the set rebuilds it in one merging pass.
+    /// A batch that is large against the set rebuilds it in one merging pass, reusing the
+    /// chunks' buffers.
     pub fn apply_sorted(&mut self, remove: Vec<T>, insert: Vec<T>) {
         let k = remove.len() + insert.len();
         if k * 16 < self.len {
@@ -99,57 +100,41 @@ impl<T: Ord> ChunkedSet<T> {
             return;
         }
         let old = std::mem::take(&mut self.chunks);
-        let mut out = Builder { chunks: Vec::with_capacity((self.len + insert.len()) / FILL + 1), len: 0 };
-        let mut rem: &[T] = &remove;
-        let mut ins = insert.into_iter();
-        // Which queue holds the next change (the smaller head): an entry below it is kept as
-        // it is, at the cost of one comparison.
-        let next_of = |ins: &[T], rem: &[T]| match (ins.first(), rem.first()) {
-            (Some(i), Some(r)) => Next::Either(i <= r),
-            (Some(_), None) => Next::Either(true),
-            (None, Some(_)) => Next::Either(false),
-            (None, None) => Next::Done,
-        };
-        let mut next = next_of(ins.as_slice(), rem);
-        for e in old.into_iter().flatten() {
-            let below = match next {
-                Next::Done => true,
-                Next::Either(true) => ins.as_slice().first().is_none_or(|i| e < *i),
-                Next::Either(false) => rem.first().is_none_or(|r| e < *r),
-            };
-            if below {
-                out.push(e);
-                continue;
-            }
-            // Insertions before `e`; one equal to `e` keeps it even if it is removed (removals
-            // come first).
-            let mut again = false;
-            while ins.as_slice().first().is_some_and(|i| *i <= e) {
-                let Some(i) = ins.next() else { break };
-                if i < e {
-                    out.push(i);
-                } else {
-                    again = true;
+        let mut out = Merged::new((self.len + insert.len()) / FILL + 1);
+        let mut rem = remove.iter().peekable();
+        let mut ins = insert.into_iter().peekable();
+        for mut chunk in old {
+            for e in chunk.drain(..) {
+                // Fast path: below both queues' heads, `e` stays as it is.
+                let below_ins = ins.peek().is_none_or(|i| e < *i);
+                if below_ins && rem.peek().is_none_or(|r| e < **r) {
+                    out.push(e);
+                    continue;
+                }
+                // Insertions before `e`; one equal to `e` keeps it even if it is removed
+                // (removals come first).
+                let mut again = false;
+                while let Some(i) = ins.next_if(|i| *i <= e) {
+                    if i < e {
+                        out.push(i);
+                    } else {
+                        again = true;
+                    }
+                }
+                while rem.next_if(|r| **r < e).is_some() {}
+                let removed = rem.next_if(|r| **r == e).is_some();
+                if !removed || again {
+                    out.push(e);
                 }
             }
-            while rem.first().is_some_and(|r| *r < e) {
-                rem = &rem[1..];
-            }
-            let removed = rem.first().is_some_and(|r| *r == e);
-            if removed {
-                rem = &rem[1..];
-            }
-            next = next_of(ins.as_slice(), rem);
-            if removed && !again {
-                continue;
-            }
-            out.push(e);
+            out.spare(chunk);
         }
         for i in ins {
             out.push(i);
         }
-        self.chunks = out.chunks;
-        self.len = out.len;
+        let (chunks, len) = out.finish();
+        self.chunks = chunks;
+        self.len = len;
     }
 
     /// The first position whose entry is not below `lo`.
@@ -217,13 +202,44 @@ impl<T: Ord> ChunkedSet<T> {
     }
 }
 
-/// Which queue of a merge holds the next change.
-#[derive(Clone, Copy)]
-enum Next {
-    /// `true`: the insertions (their head is not above the removals'); `false`: the removals.
-    Either(bool),
-    /// No change is left.
-    Done,
+/// Collects a merge's output into chunks of [`FILL`], in buffers the input chunks left.
+struct Merged<T> {
+    chunks: Vec<Vec<T>>,
+    cur: Vec<T>,
+    spare: Vec<Vec<T>>,
+    len: usize,
+}
+
+impl<T> Merged<T> {
+    fn new(chunks: usize) -> Self {
+        Self { chunks: Vec::with_capacity(chunks), cur: Vec::with_capacity(FILL), spare: Vec::new(), len: 0 }
+    }
+
+    #[inline]
+    fn push(&mut self, e: T) {
+        if self.cur.len() == FILL {
+            let mut next = self.spare.pop().unwrap_or_default();
+            next.reserve(FILL);
+            self.len += FILL;
+            self.chunks.push(std::mem::replace(&mut self.cur, next));
+        }
+        self.cur.push(e);
+    }
+
+    /// An emptied input chunk: its buffer takes later output.
+    fn spare(&mut self, chunk: Vec<T>) {
+        if chunk.capacity() >= FILL {
+            self.spare.push(chunk);
+        }
+    }
+
+    fn finish(mut self) -> (Vec<Vec<T>>, usize) {
+        if !self.cur.is_empty() {
+            self.len += self.cur.len();
+            self.chunks.push(self.cur);
+        }
+        (self.chunks, self.len)
+    }
 }
 
 /// Collects sorted entries into chunks of [`FILL`].
