@@ -15,7 +15,7 @@ use serde_json::{Map, Value as Json};
 
 use crate::core::fields::Keyed;
 use crate::core::patch::{PatchOp, apply_patch};
-use crate::core::table::{Change, Entry, IdMap, Table};
+use crate::core::table::{Change, Entry, IdMap, Table, prefetch, prefetch_record};
 
 /// Where a write came from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
@@ -340,8 +340,8 @@ where
         segments: Vec::new(),
     };
     // Each op's record is looked up in the table once, in a loop of independent lookups (the
-    // processor overlaps their cache misses); the main loop warms the slots and records a few
-    // ops ahead, so that an update rarely waits on memory.
+    // processor overlaps their cache misses); the main loop prefetches the slots and records
+    // of ops a few ahead, so that an update rarely waits on memory.
     let at: Vec<Option<u32>> =
         ops.iter().map(|(op, _)| op.target().and_then(|id| table.by_id.get(id).copied())).collect();
     for (i, (op, meta)) in ops.into_iter().enumerate() {
@@ -396,7 +396,7 @@ fn from_map<R: DeserializeOwned>(m: Map<String, Json>) -> Result<R, String> {
     serde_json::from_value(Json::Object(m)).map_err(|e| e.to_string())
 }
 
-/// How far ahead the reducer warms the table's slots, and records.
+/// How far ahead the reducer prefetches the table's slots, and records.
 const WARM_SLOTS: usize = 32;
 const WARM_RECORDS: usize = 12;
 
@@ -409,16 +409,14 @@ impl<R: Keyed + Serialize + DeserializeOwned> Reducer<'_, R> {
         }
     }
 
-    /// Loads the slot of op `i + WARM_SLOTS` and the record of op `i + WARM_RECORDS` (whose
-    /// slot was loaded earlier) into the cache.
+    /// Prefetches the slot of op `i + WARM_SLOTS` and the record of op `i + WARM_RECORDS`
+    /// (whose slot was prefetched earlier): by their turn, neither waits on memory.
     fn warm(&self, at: &[Option<u32>], i: usize) {
         if let Some(&Some(s)) = at.get(i + WARM_SLOTS) {
-            std::hint::black_box(self.table.slots.get(s as usize).map(Option::is_some));
+            prefetch(self.table.slots.as_ptr().wrapping_add(s as usize));
         }
-        if let Some(&Some(s)) = at.get(i + WARM_RECORDS)
-            && let Some(e) = self.table.slot(s)
-        {
-            std::hint::black_box(Arc::strong_count(&e.record));
+        if let Some(&Some(s)) = at.get(i + WARM_RECORDS) {
+            prefetch_record(self.table.slot(s));
         }
     }
 

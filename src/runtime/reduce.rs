@@ -541,7 +541,16 @@ pub(crate) fn reduce_store<T: Record>(
     ops.reserve(drained.len());
     op_tickets.reserve(drained.len());
     metrics.entry(name).intents += drained.len() as u64;
-    for intent in drained {
+    // Which targets the table holds, in one loop of independent lookups: the processor
+    // overlaps their cache misses (and the reducer finds the same entries cached).
+    let present: Vec<bool> = drained
+        .iter()
+        .map(|i| match &i.op {
+            Op::Update { id, .. } | Op::Delete { id, .. } | Op::Patch { id, .. } => table.contains(id),
+            _ => false,
+        })
+        .collect();
+    for (intent, present) in drained.into_iter().zip(present) {
         let target = match &intent.op {
             Op::Update { id, .. } | Op::Delete { id, .. } | Op::Patch { id, .. } => Some(id.clone()),
             Op::Create(r) | Op::Upsert { record: r, .. } => {
@@ -562,7 +571,7 @@ pub(crate) fn reduce_store<T: Record>(
             }
         };
         if let Some(id) = target {
-            let missing = !table.contains(&id) && !created.contains(&id);
+            let missing = !present && !created.contains(&id);
             if let Some(fetch) = state.parked_ids.get(&id).copied() {
                 state.parked.entry(fetch).or_default().push(intent);
                 continue;
