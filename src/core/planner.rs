@@ -230,12 +230,12 @@ impl<R: Keyed> Table<R> {
             Pred::Cmp { path, op, key } => {
                 let (lo, hi) = cmp_range(*op, key);
                 let IndexData::Ordered(o) = &self.index(path, IndexKind::Ordered)?.data else { return None };
-                Some(o.range(as_ref(&lo), as_ref(&hi)).take(CAP).count())
+                Some(o.count(as_ref(&lo), as_ref(&hi), CAP))
             }
             Pred::StartsWith { path, needle } => {
                 if let Some(IndexData::Ordered(o)) = self.index(path, IndexKind::Ordered).map(|i| &i.data) {
                     let lo = Key::Str(needle.clone());
-                    return Some(o.range(Bound::Included(&lo), as_ref(&prefix_upper(needle))).take(CAP).count());
+                    return Some(o.count(Bound::Included(&lo), as_ref(&prefix_upper(needle)), CAP));
                 }
                 self.estimate_ngram(path, needle)
             }
@@ -252,7 +252,7 @@ impl<R: Keyed> Table<R> {
             return Some(e.get(key).len());
         }
         let IndexData::Ordered(o) = &self.index(path, IndexKind::Ordered)?.data else { return None };
-        Some(o.range(Bound::Included(key), Bound::Included(key)).take(CAP).count())
+        Some(o.count(Bound::Included(key), Bound::Included(key), CAP))
     }
 
     fn estimate_ngram(&self, path: &str, needle: &str) -> Option<usize> {
@@ -329,7 +329,7 @@ impl<R: Keyed> Table<R> {
                 let IndexData::Ordered(o) = &self.index(path, IndexKind::Ordered)?.data else { return None };
                 note(path, Some(IndexKind::Ordered), true);
                 let (lo, hi) = cmp_range(*op, key);
-                let mut s: Vec<u32> = o.range(as_ref(&lo), as_ref(&hi)).map(|(_, s)| s).collect();
+                let mut s: Vec<u32> = o.slots(as_ref(&lo), as_ref(&hi)).collect();
                 s.sort_unstable();
                 s.dedup();
                 exact(s)
@@ -338,8 +338,7 @@ impl<R: Keyed> Table<R> {
                 if let Some(IndexData::Ordered(o)) = self.index(path, IndexKind::Ordered).map(|i| &i.data) {
                     note(path, Some(IndexKind::Ordered), true);
                     let lo = Key::Str(needle.clone());
-                    let mut s: Vec<u32> =
-                        o.range(Bound::Included(&lo), as_ref(&prefix_upper(needle))).map(|(_, s)| s).collect();
+                    let mut s: Vec<u32> = o.slots(Bound::Included(&lo), as_ref(&prefix_upper(needle))).collect();
                     s.sort_unstable();
                     s.dedup();
                     return exact(s);
@@ -377,7 +376,7 @@ impl<R: Keyed> Table<R> {
             note(path, Some(IndexKind::Ordered), true);
             keys.iter()
                 .map(|k| {
-                    let mut l: Vec<u32> = o.range(Bound::Included(k), Bound::Included(k)).map(|(_, s)| s).collect();
+                    let mut l: Vec<u32> = o.slots(Bound::Included(k), Bound::Included(k)).collect();
                     l.sort_unstable();
                     l
                 })

@@ -181,6 +181,34 @@ impl<T: Ord> ChunkedSet<T> {
         self.between(self.first_where_not(lo_before), self.first_where_not(hi_before))
     }
 
+    /// How many entries [`range`](Self::range) gives, counted up to `cap` (from the chunks'
+    /// lengths: no entry is visited).
+    pub fn count(&self, lo: Bound<&T>, hi: Bound<&T>, cap: usize) -> usize {
+        self.count_between(self.start(lo), self.end(hi), cap)
+    }
+
+    /// How many entries [`range_by`](Self::range_by) gives, counted up to `cap`.
+    pub fn count_by(&self, lo_before: impl Fn(&T) -> bool, hi_before: impl Fn(&T) -> bool, cap: usize) -> usize {
+        self.count_between(self.first_where_not(lo_before), self.first_where_not(hi_before), cap)
+    }
+
+    fn count_between(&self, s: Pos, e: Pos, cap: usize) -> usize {
+        if s >= e {
+            return 0;
+        }
+        if s.0 == e.0 {
+            return (e.1 - s.1).min(cap);
+        }
+        let mut n = self.chunks[s.0].len() - s.1;
+        for c in &self.chunks[s.0 + 1..e.0] {
+            if n >= cap {
+                break;
+            }
+            n += c.len();
+        }
+        (n + e.1).min(cap)
+    }
+
     fn between<'a>(&'a self, s: Pos, e: Pos) -> impl DoubleEndedIterator<Item = &'a T> + use<'a, T> {
         let (s, e) = if s < e { (s, e) } else { ((0, 0), (0, 0)) };
         let last = if e.1 == 0 { e.0 } else { e.0 + 1 };
@@ -299,6 +327,8 @@ mod tests {
                 b.range((lo, hi)).collect()
             };
             assert_eq!(a.range(lo_r, hi_r).collect::<Vec<_>>(), want, "{lo:?}..{hi:?}");
+            let cap = r(50) as usize;
+            assert_eq!(a.count(lo_r, hi_r, cap), want.len().min(cap), "{lo:?}..{hi:?} cap {cap}");
             assert_eq!(a.range(lo_r, hi_r).rev().collect::<Vec<_>>(), want.into_iter().rev().collect::<Vec<_>>());
         }
     }

@@ -136,6 +136,51 @@ where
     }
 }
 
+/// One of two iterators of the same items.
+enum Either<A, B> {
+    A(A),
+    B(B),
+}
+
+impl<A: Iterator, B: Iterator<Item = A::Item>> Iterator for Either<A, B> {
+    type Item = A::Item;
+
+    fn next(&mut self) -> Option<A::Item> {
+        match self {
+            Either::A(a) => a.next(),
+            Either::B(b) => b.next(),
+        }
+    }
+}
+
+/// Which entries a packed set's position search passes over: those below a lower bound, or
+/// not above an upper one (keys compared as [`Key`]s, so a bound of any kind works).
+fn packed_before(b: Bound<&Key>, upper: bool) -> impl Fn(&Packed) -> bool + use<> {
+    let b = b.map(Key::clone);
+    move |e: &Packed| match &b {
+        Bound::Unbounded => upper,
+        Bound::Included(k) if upper => e.key() <= *k,
+        Bound::Included(k) => e.key() < *k,
+        Bound::Excluded(k) if upper => e.key() < *k,
+        Bound::Excluded(k) => e.key() <= *k,
+    }
+}
+
+/// A range's bounds as entries of the general form.
+fn key_bounds(lo: Bound<&Key>, hi: Bound<&Key>) -> (Bound<(Key, u32)>, Bound<(Key, u32)>) {
+    let lo = match lo {
+        Bound::Included(k) => Bound::Included((k.clone(), 0)),
+        Bound::Excluded(k) => Bound::Excluded((k.clone(), u32::MAX)),
+        Bound::Unbounded => Bound::Unbounded,
+    };
+    let hi = match hi {
+        Bound::Included(k) => Bound::Included((k.clone(), u32::MAX)),
+        Bound::Excluded(k) => Bound::Excluded((k.clone(), 0)),
+        Bound::Unbounded => Bound::Unbounded,
+    };
+    (lo, hi)
+}
+
 impl OrderedIndex {
     fn each(v: Option<Value<'_>>, mut f: impl FnMut(Key)) {
         match v {
@@ -260,32 +305,35 @@ impl OrderedIndex {
         hi: Bound<&Key>,
     ) -> impl DoubleEndedIterator<Item = (Cow<'a, Key>, u32)> + use<'a> {
         match &self.entries {
+            Entries::Packed(set) => Range::Packed(set.range_by(packed_before(lo, false), packed_before(hi, true))),
+            Entries::Keys(set) => {
+                let (lo, hi) = key_bounds(lo, hi);
+                Range::Keys(set.range(lo.as_ref(), hi.as_ref()))
+            }
+        }
+    }
+
+    /// The slots of [`range`](Self::range), in order (no key is rebuilt).
+    pub fn slots<'a>(&'a self, lo: Bound<&Key>, hi: Bound<&Key>) -> impl Iterator<Item = u32> + use<'a> {
+        match &self.entries {
             Entries::Packed(set) => {
-                // Positions by comparing keys (a bound of any kind, packed or not).
-                let below = |b: Bound<&Key>, upper: bool| {
-                    let b = b.map(Key::clone);
-                    move |e: &Packed| match &b {
-                        Bound::Unbounded => upper,
-                        Bound::Included(k) if upper => e.key() <= *k,
-                        Bound::Included(k) => e.key() < *k,
-                        Bound::Excluded(k) if upper => e.key() < *k,
-                        Bound::Excluded(k) => e.key() <= *k,
-                    }
-                };
-                Range::Packed(set.range_by(below(lo, false), below(hi, true)))
+                Either::A(set.range_by(packed_before(lo, false), packed_before(hi, true)).map(|p| p.slot()))
             }
             Entries::Keys(set) => {
-                let lo = match lo {
-                    Bound::Included(k) => Bound::Included((k.clone(), 0)),
-                    Bound::Excluded(k) => Bound::Excluded((k.clone(), u32::MAX)),
-                    Bound::Unbounded => Bound::Unbounded,
-                };
-                let hi = match hi {
-                    Bound::Included(k) => Bound::Included((k.clone(), u32::MAX)),
-                    Bound::Excluded(k) => Bound::Excluded((k.clone(), 0)),
-                    Bound::Unbounded => Bound::Unbounded,
-                };
-                Range::Keys(set.range(lo.as_ref(), hi.as_ref()))
+                let (lo, hi) = key_bounds(lo, hi);
+                Either::B(set.range(lo.as_ref(), hi.as_ref()).map(|(_, s)| *s))
+            }
+        }
+    }
+
+    /// How many entries [`range`](Self::range) gives, counted up to `cap` without visiting
+    /// them.
+    pub fn count(&self, lo: Bound<&Key>, hi: Bound<&Key>, cap: usize) -> usize {
+        match &self.entries {
+            Entries::Packed(set) => set.count_by(packed_before(lo, false), packed_before(hi, true), cap),
+            Entries::Keys(set) => {
+                let (lo, hi) = key_bounds(lo, hi);
+                set.count(lo.as_ref(), hi.as_ref(), cap)
             }
         }
     }
@@ -415,6 +463,14 @@ mod tests {
                     let got: Vec<(Key, u32)> =
                         index.range(lo.as_ref(), hi.as_ref()).map(|(k, s)| (k.into_owned(), s)).collect();
                     assert_eq!(got, model_range(&model, lo.as_ref(), hi.as_ref()), "{lo:?}..{hi:?}");
+                    let slots: Vec<u32> = index.slots(lo.as_ref(), hi.as_ref()).collect();
+                    assert!(slots.iter().eq(got.iter().map(|(_, s)| s)));
+                    let cap = r(40) as usize;
+                    assert_eq!(
+                        index.count(lo.as_ref(), hi.as_ref(), cap),
+                        got.len().min(cap),
+                        "{lo:?}..{hi:?} cap {cap}"
+                    );
                     let back: Vec<(Key, u32)> =
                         index.range(lo.as_ref(), hi.as_ref()).rev().map(|(k, s)| (k.into_owned(), s)).collect();
                     assert_eq!(back.len(), got.len());
