@@ -166,8 +166,11 @@ fn packed_before(b: Bound<&Key>, upper: bool) -> impl Fn(&Packed) -> bool + use<
     }
 }
 
+/// A bound on entries of the general form.
+type EntryBound = Bound<(Key, u32)>;
+
 /// A range's bounds as entries of the general form.
-fn key_bounds(lo: Bound<&Key>, hi: Bound<&Key>) -> (Bound<(Key, u32)>, Bound<(Key, u32)>) {
+fn key_bounds(lo: Bound<&Key>, hi: Bound<&Key>) -> (EntryBound, EntryBound) {
     let lo = match lo {
         Bound::Included(k) => Bound::Included((k.clone(), 0)),
         Bound::Excluded(k) => Bound::Excluded((k.clone(), u32::MAX)),
