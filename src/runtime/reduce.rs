@@ -50,7 +50,7 @@ struct Flight<T: Record> {
     optimistic: bool,
     /// No server version was known when it was made: an update goes as a loose upsert.
     loose: bool,
-    inverse: Vec<Inverse<T>>,
+    inverse: Option<Inverse<T>>,
     /// The write. Its value moves to the encoder when it is sent (a route that is not
     /// optimistic keeps a copy: it is applied on confirmation).
     write: WriteEntry<T>,
@@ -726,11 +726,13 @@ pub(crate) fn reduce_store<T: Record>(
     let mut inverse = inverse.into_iter().peekable();
     // The route's name, once per route for the frame's flights.
     let mut route_names: Vec<std::sync::Arc<str>> = Vec::new();
+    state.busy.reserve(entries.len());
     for e in entries {
-        let mut inverse_of: Vec<Inverse<T>> = Vec::with_capacity(1);
+        // A write makes one inverse patch (its record's state before it).
+        let mut inverse_of = None;
         while let Some(inv) = inverse.next_if(|i| i.op <= e.op) {
             if inv.op == e.op {
-                inverse_of.push(inv);
+                inverse_of = Some(inv);
             }
         }
         let Some(ticket) = op_tickets[e.op] else { continue };
@@ -754,12 +756,16 @@ pub(crate) fn reduce_store<T: Record>(
             inverse: inverse_of,
             write: e,
         };
-        let busy = state.busy.get(&id).copied().unwrap_or(0) > 0 || state.held.contains_key(&id);
-        if busy {
-            state.held.entry(id).or_default().push_back(flight);
-        } else {
-            *state.busy.entry(id).or_default() += 1;
-            to_send.push(flight);
+        // A record with a write in flight (or held) holds this one behind it: one map lookup
+        // for the common case of a record with nothing in flight.
+        let held = !state.held.is_empty() && state.held.contains_key(&id);
+        let n = if held { None } else { Some(state.busy.entry(id).or_default()) };
+        match n {
+            Some(n) if *n == 0 => {
+                *n = 1;
+                to_send.push(flight);
+            }
+            _ => state.held.entry(flight.id.clone()).or_default().push_back(flight),
         }
     }
     send(state, &routes, &mut outgoing, to_send);
@@ -924,7 +930,7 @@ fn send<T: Record>(state: &mut StoreState<T>, routes: &Routes, outgoing: &mut Ou
 /// their answers — freed on the flush thread instead of in the frame.
 struct Leftovers<T: Record> {
     entries: Vec<Entry<T>>,
-    writes: Vec<(Vec<Inverse<T>>, WriteEntry<T>)>,
+    writes: Vec<(Option<Inverse<T>>, WriteEntry<T>)>,
     results: Vec<crate::protocol::WriteItemResult>,
 }
 
