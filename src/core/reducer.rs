@@ -396,8 +396,9 @@ fn from_map<R: DeserializeOwned>(m: Map<String, Json>) -> Result<R, String> {
     serde_json::from_value(Json::Object(m)).map_err(|e| e.to_string())
 }
 
-/// How far ahead the reducer prefetches the table's slots, and records.
+/// How many ops ahead the reducer prefetches a table slot.
 const WARM_SLOTS: usize = 32;
+/// How many ops ahead it prefetches the record in that slot (by then the slot is cached).
 const WARM_RECORDS: usize = 12;
 
 impl<R: Keyed + Serialize + DeserializeOwned> Reducer<'_, R> {

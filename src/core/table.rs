@@ -243,7 +243,9 @@ impl<R: Keyed> Table<R> {
 
     /// [`apply_keeping`](Self::apply_keeping) with each change's
     /// [`indexes_changed`](Self::indexes_changed) against the stored record (`u64::MAX`: not
-    /// known). Indexes outside a change's mask are not touched for it.
+    /// known). Indexes outside a change's mask are not touched for it, so a mask must come
+    /// from the record as stored now: [`Plan::changed_indexes`](crate::core::Plan) of a plan
+    /// reduced over this table, before any other commit, is one.
     pub fn apply_hinted(
         &mut self,
         changes: impl IntoIterator<Item = (Change<R>, u64)>,
@@ -471,7 +473,7 @@ impl<R: Keyed> Table<R> {
         batch: &mut [Option<OrderedBatch>],
     ) -> Option<Entry<R>> {
         let old = self.slots[slot as usize].take()?;
-        // Which indexes see a change (an index past the 63rd is always updated).
+        // Which indexes see a change (the 64th and those after it are always updated).
         let changed = if hint == u64::MAX { self.indexes_changed(&old.record, &next.record) } else { hint };
         let is_changed = |k: usize| k >= 63 || changed & (1u64 << k) != 0;
         if changed == 0 {
