@@ -813,13 +813,7 @@ fn take_version_only<T: Record>(
         let mut count = |id: &T::Id| *uses.entry(id.clone()).or_default() += 1;
         match op {
             Op::Hydrate(entries) => entries.iter().for_each(|e| count(e.record.id())),
-            Op::Create(r) | Op::Upsert { record: r, .. } => count(r.id()),
-            Op::Update { id, .. }
-            | Op::Delete { id, .. }
-            | Op::Patch { id, .. }
-            | Op::Writeback { id, .. }
-            | Op::Remote { id, .. }
-            | Op::Restore { id, .. } => count(id),
+            op => op.target().into_iter().for_each(count),
         }
     }
     let mut out = Vec::with_capacity(ops.len());

@@ -291,13 +291,13 @@ impl<T> Builder<T> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(in crate::core::index) mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
 
     /// A small deterministic generator.
-    fn rng(mut x: u64) -> impl FnMut(u64) -> u64 {
+    pub(in crate::core::index) fn rng(mut x: u64) -> impl FnMut(u64) -> u64 {
         move |n| {
             x ^= x << 13;
             x ^= x >> 7;

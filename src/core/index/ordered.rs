@@ -353,16 +353,8 @@ impl OrderedIndex {
 mod tests {
     use std::collections::BTreeSet;
 
+    use super::super::chunked::tests::rng;
     use super::*;
-
-    fn rng(mut x: u64) -> impl FnMut(u64) -> u64 {
-        move |n| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % n
-        }
-    }
 
     /// A key of the kinds that pack (mostly), and now and then one that does not.
     fn key(r: &mut impl FnMut(u64) -> u64, widen: bool) -> Key {
