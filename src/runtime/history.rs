@@ -35,17 +35,25 @@ pub(crate) struct Action<T: Record> {
 }
 
 impl<T: Record> Action<T> {
-    fn new(id: String, named: bool) -> Self {
-        Self { id, named, touched: Vec::new(), at: IdMap::default(), keys: HashSet::new() }
+    /// An action about to hold up to `capacity` records.
+    fn new(id: String, named: bool, capacity: usize) -> Self {
+        Self {
+            id,
+            named,
+            touched: Vec::with_capacity(capacity),
+            at: IdMap::with_capacity_and_hasher(capacity, Default::default()),
+            keys: HashSet::new(),
+        }
     }
 
     /// Adds a record: a record already held keeps its earlier `before` and takes the newer
     /// `after`.
     fn add(&mut self, id: T::Id, before: Option<Entry<T>>, after: Option<Arc<T>>) {
-        match self.at.get(&id) {
-            Some(&i) => self.touched[i].after = after,
-            None => {
-                self.at.insert(id.clone(), self.touched.len());
+        match self.at.entry(id) {
+            std::collections::hash_map::Entry::Occupied(o) => self.touched[*o.get()].after = after,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let id = v.key().clone();
+                v.insert(self.touched.len());
                 self.touched.push(Touch { id, before, after });
             }
         }
@@ -179,7 +187,9 @@ impl<T: Record> HistoryLog<T> {
                 Some(i) => &mut groups[i],
                 None => {
                     let id = named.map_or_else(|| format!("frame-{}", self.frame), str::to_owned);
-                    groups.push(Action::new(id, named.is_some()));
+                    // A frame's group usually takes every recorded write of the commit.
+                    let capacity = if named.is_some() { 0 } else { plan.inverse.len() };
+                    groups.push(Action::new(id, named.is_some(), capacity));
                     let last = groups.len() - 1;
                     &mut groups[last]
                 }
@@ -359,7 +369,7 @@ impl<T: Record> History<'_, '_, T> {
     /// current state is not the one the action left (a sync change, a rollback since) is left
     /// alone.
     fn restore(&mut self, action: Action<T>) -> (Action<T>, HistoryStep) {
-        let mut now = Action::new(action.id.clone(), action.named);
+        let mut now = Action::new(action.id.clone(), action.named, action.touched.len());
         let mut tickets = Vec::new();
         let opts = WriteOptions::default().action(action.id.clone());
         for Touch { id, before, after } in action.touched {
