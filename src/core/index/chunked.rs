@@ -222,15 +222,17 @@ impl<T: Ord> ChunkedSet<T> {
 
     /// A set of entries given in order, without duplicates.
     pub fn from_sorted(entries: impl IntoIterator<Item = T>) -> Self {
-        let mut out = Builder { chunks: Vec::new(), len: 0 };
+        let mut out = Merged::new(0);
         for e in entries {
             out.push(e);
         }
-        Self { chunks: out.chunks, len: out.len }
+        let (chunks, len) = out.finish();
+        Self { chunks, len }
     }
 }
 
-/// Collects a merge's output into chunks of [`FILL`], in buffers the input chunks left.
+/// Collects sorted entries (a merge's output) into chunks of [`FILL`], in buffers the input
+/// chunks left when there are any.
 struct Merged<T> {
     chunks: Vec<Vec<T>>,
     cur: Vec<T>,
@@ -267,26 +269,6 @@ impl<T> Merged<T> {
             self.chunks.push(self.cur);
         }
         (self.chunks, self.len)
-    }
-}
-
-/// Collects sorted entries into chunks of [`FILL`].
-struct Builder<T> {
-    chunks: Vec<Vec<T>>,
-    len: usize,
-}
-
-impl<T> Builder<T> {
-    fn push(&mut self, e: T) {
-        match self.chunks.last_mut() {
-            Some(c) if c.len() < FILL => c.push(e),
-            _ => {
-                let mut c = Vec::with_capacity(FILL);
-                c.push(e);
-                self.chunks.push(c);
-            }
-        }
-        self.len += 1;
     }
 }
 
