@@ -172,6 +172,7 @@ impl<T: Record> HistoryLog<T> {
             }
         }
 
+        let recorded_count = plan.inverse.iter().filter(|inv| recorded(inv.op)).count();
         let mut groups: Vec<Action<T>> = Vec::new();
         for (inv, after) in plan.inverse.iter().zip(&afters) {
             if !recorded(inv.op) {
@@ -187,8 +188,9 @@ impl<T: Record> HistoryLog<T> {
                 Some(i) => &mut groups[i],
                 None => {
                     let id = named.map_or_else(|| format!("frame-{}", self.frame), str::to_owned);
-                    // A frame's group usually takes every recorded write of the commit.
-                    let capacity = if named.is_some() { 0 } else { plan.inverse.len() };
+                    // A frame's group usually takes every recorded write of the commit (sized
+                    // by those: the action stays on the undo stack).
+                    let capacity = if named.is_some() { 0 } else { recorded_count };
                     groups.push(Action::new(id, named.is_some(), capacity));
                     let last = groups.len() - 1;
                     &mut groups[last]

@@ -101,41 +101,6 @@ fn is_regular(v: Option<Value<'_>>) -> bool {
     }
 }
 
-/// The entries of a range, in order: keys of the packed form are rebuilt (integers and nulls:
-/// no allocation), those of the general form borrowed.
-enum Range<P, K> {
-    Packed(P),
-    Keys(K),
-}
-
-impl<'a, P, K> Iterator for Range<P, K>
-where
-    P: Iterator<Item = &'a Packed>,
-    K: Iterator<Item = &'a (Key, u32)>,
-{
-    type Item = (Cow<'a, Key>, u32);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        match self {
-            Range::Packed(p) => p.next().map(|p| (Cow::Owned(p.key()), p.slot())),
-            Range::Keys(k) => k.next().map(|(k, s)| (Cow::Borrowed(k), *s)),
-        }
-    }
-}
-
-impl<'a, P, K> DoubleEndedIterator for Range<P, K>
-where
-    P: DoubleEndedIterator<Item = &'a Packed>,
-    K: DoubleEndedIterator<Item = &'a (Key, u32)>,
-{
-    fn next_back(&mut self) -> Option<Self::Item> {
-        match self {
-            Range::Packed(p) => p.next_back().map(|p| (Cow::Owned(p.key()), p.slot())),
-            Range::Keys(k) => k.next_back().map(|(k, s)| (Cow::Borrowed(k), *s)),
-        }
-    }
-}
-
 /// One of two iterators of the same items.
 enum Either<A, B> {
     A(A),
@@ -149,6 +114,15 @@ impl<A: Iterator, B: Iterator<Item = A::Item>> Iterator for Either<A, B> {
         match self {
             Either::A(a) => a.next(),
             Either::B(b) => b.next(),
+        }
+    }
+}
+
+impl<A: DoubleEndedIterator, B: DoubleEndedIterator<Item = A::Item>> DoubleEndedIterator for Either<A, B> {
+    fn next_back(&mut self) -> Option<A::Item> {
+        match self {
+            Either::A(a) => a.next_back(),
+            Either::B(b) => b.next_back(),
         }
     }
 }
@@ -301,17 +275,21 @@ impl OrderedIndex {
         self.irregular == 0
     }
 
-    /// Entries with keys in a range.
+    /// Entries with keys in a range, in order: keys of the packed form are rebuilt (integers
+    /// and nulls: no allocation), those of the general form borrowed.
     pub fn range<'a>(
         &'a self,
         lo: Bound<&Key>,
         hi: Bound<&Key>,
     ) -> impl DoubleEndedIterator<Item = (Cow<'a, Key>, u32)> + use<'a> {
         match &self.entries {
-            Entries::Packed(set) => Range::Packed(set.range_by(packed_before(lo, false), packed_before(hi, true))),
+            Entries::Packed(set) => Either::A(
+                set.range_by(packed_before(lo, false), packed_before(hi, true))
+                    .map(|p| (Cow::Owned(p.key()), p.slot())),
+            ),
             Entries::Keys(set) => {
                 let (lo, hi) = key_bounds(lo, hi);
-                Range::Keys(set.range(lo.as_ref(), hi.as_ref()))
+                Either::B(set.range(lo.as_ref(), hi.as_ref()).map(|(k, s)| (Cow::Borrowed(k), *s)))
             }
         }
     }
