@@ -7,7 +7,7 @@
 
 use std::collections::hash_map;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -15,7 +15,7 @@ use serde_json::{Map, Value as Json};
 
 use crate::core::fields::Keyed;
 use crate::core::patch::{PatchOp, apply_patch};
-use crate::core::table::{Change, Entry, IdMap, Table, prefetch, prefetch_record};
+use crate::core::table::{Change, Entry, IdMap, Table, parallelism, prefetch, prefetch_record};
 
 /// Where a write came from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
@@ -326,7 +326,7 @@ where
     let mut r = Reducer {
         table,
         overlay: IdMap::with_capacity_and_hasher(n, Default::default()),
-        order: Vec::with_capacity(n),
+        changes: Vec::with_capacity(n),
         masks: Vec::with_capacity(n),
         versions,
         validate,
@@ -344,7 +344,9 @@ where
     // of ops a few ahead, so that an update rarely waits on memory.
     let at: Vec<Option<u32>> =
         ops.iter().map(|(op, _)| op.target().and_then(|id| table.by_id.get(id).copied())).collect();
-    for (i, (op, meta)) in ops.into_iter().enumerate() {
+    let mut ops = ops;
+    let mut step = |i: usize, slot: &mut (Op<R>, OpMeta), ready: Option<Ready<R>>| {
+        let (op, meta) = std::mem::replace(slot, (Op::Hydrate(Vec::new()), OpMeta::default()));
         r.warm(&at, i);
         match plan.segments.last_mut() {
             Some(s) if s.origin == meta.origin && s.action_id == meta.action_id && s.route == meta.route => {
@@ -357,28 +359,173 @@ where
                 ops: i..i + 1,
             }),
         }
-        let result = r.one(i, op, meta, at[i], &mut plan);
+        let result = r.one(i, op, meta, at[i], ready, &mut plan);
         plan.results.push(result);
+    };
+    // A large frame's later updates are computed on a second thread while this one reduces
+    // the earlier ops (see [`run_ahead`]).
+    let ahead = if n >= AHEAD_MIN && parallelism() > 1 { n - n * AHEAD_SHARE.0 / AHEAD_SHARE.1 } else { n };
+    let (head, tail) = ops.split_at_mut(ahead);
+    if tail.is_empty() {
+        head.iter_mut().enumerate().for_each(|(i, slot)| step(i, slot, None));
+    } else {
+        let shared = shared_slots(table, head, tail, &at);
+        let chunks: Vec<Mutex<Chunk<'_, R>>> = tail
+            .chunks_mut(AHEAD_CHUNK)
+            .zip(at[ahead..].chunks(AHEAD_CHUNK))
+            .map(|(ops, at)| Mutex::new(Chunk { ops, at, ready: None, claimed: false }))
+            .collect();
+        std::thread::scope(|scope| {
+            // If the thread cannot start, this one computes every update in its turn.
+            let _ = std::thread::Builder::new()
+                .name("atoma-reduce".into())
+                .spawn_scoped(scope, || run_ahead(table, &chunks, &shared, versions));
+            head.iter_mut().enumerate().for_each(|(i, slot)| step(i, slot, None));
+            let mut i = ahead;
+            for chunk in &chunks {
+                // Waits only while the other thread is inside this chunk.
+                let mut c = lock(chunk);
+                // A chunk it has not reached yet is taken back (and so it stops).
+                c.claimed = true;
+                let mut ready = c.ready.take().unwrap_or_default().into_iter();
+                for slot in c.ops.iter_mut() {
+                    step(i, slot, ready.next().flatten());
+                    i += 1;
+                }
+            }
+        });
     }
-    let mut overlay = r.overlay;
-    // Sized up front: a collect that regrows a large vector makes glibc consolidate its free
-    // lists in the middle of a frame.
-    plan.changes = Vec::with_capacity(r.order.len());
+    plan.changes = r.changes;
     plan.changed_indexes = r.masks;
-    for id in r.order {
-        if let Some((e, _)) = overlay.remove(&id) {
-            plan.changes.push((id, e));
+    plan
+}
+
+/// Frames of at least this many ops compute some of their updates on a second thread.
+const AHEAD_MIN: usize = if cfg!(debug_assertions) { 16 } else { 2048 };
+/// The share of a large frame's ops (the last ones) that the second thread goes through. An
+/// update it computed costs this thread less than half of one it did not: it takes more than
+/// half, and both threads finish their parts about together.
+const AHEAD_SHARE: (usize, usize) = (3, 5);
+
+/// An update computed ahead of the reducer by [`run_ahead`].
+struct Ready<R> {
+    /// The record after the update.
+    next: Arc<R>,
+    /// The indexes whose field the update changed (see [`Plan::changed_indexes`]).
+    mask: u64,
+}
+
+/// Bit `s` set: slot `s` is the target of more than one op (hydrated entries included).
+fn shared_slots<R: Keyed>(
+    table: &Table<R>,
+    head: &[(Op<R>, OpMeta)],
+    tail: &[(Op<R>, OpMeta)],
+    at: &[Option<u32>],
+) -> Vec<u64> {
+    let words = table.slots.len() / 64 + 1;
+    let mut once = vec![0u64; words];
+    let mut more = vec![0u64; words];
+    let mut mark = |s: u32| {
+        let (w, b) = (s as usize / 64, 1u64 << (s % 64));
+        more[w] |= once[w] & b;
+        once[w] |= b;
+    };
+    at.iter().flatten().for_each(|&s| mark(s));
+    for (op, _) in head.iter().chain(tail) {
+        if let Op::Hydrate(entries) = op {
+            entries.iter().filter_map(|e| table.by_id.get(e.record.id())).for_each(|&s| mark(s));
         }
     }
-    plan
+    more
+}
+
+/// A run of the ops a second thread may compute ahead of the reducer.
+struct Chunk<'o, R: Keyed> {
+    ops: &'o mut [(Op<R>, OpMeta)],
+    /// Their targets' slots.
+    at: &'o [Option<u32>],
+    /// What the second thread computed, per op.
+    ready: Option<Vec<Option<Ready<R>>>>,
+    /// The reducer reached the chunk: the second thread is done.
+    claimed: bool,
+}
+
+/// Ops a second thread may compute ahead, in runs of this many.
+const AHEAD_CHUNK: usize = if cfg!(debug_assertions) { 4 } else { 256 };
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic on the other thread is raised again when the scope ends.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Computes, ahead of the reducer, the updates that run a closure on a record nothing else
+/// in the frame touches, and whose version check will pass: the copy of the record, the
+/// closure's change and the comparison of the indexed fields are what the reducer would have
+/// done in its turn (no op before it changes the record), and most of an update's cost.
+/// Goes through the chunks in order, and stops at the first one the reducer reached first.
+fn run_ahead<R: Keyed>(table: &Table<R>, chunks: &[Mutex<Chunk<'_, R>>], shared: &[u64], versions: Versions) {
+    for chunk in chunks {
+        let mut c = lock(chunk);
+        if c.claimed {
+            return;
+        }
+        let c = &mut *c;
+        let mut out = Vec::with_capacity(c.ops.len());
+        for (j, (op, _)) in c.ops.iter_mut().enumerate() {
+            if let Some(&Some(s)) = c.at.get(j + WARM_SLOTS) {
+                prefetch(table.slots.as_ptr().wrapping_add(s as usize));
+            }
+            if let Some(&Some(s)) = c.at.get(j + WARM_RECORDS) {
+                prefetch_record(table.slot(s));
+            }
+            out.push(ready(table, op, c.at[j], shared, versions));
+        }
+        c.ready = Some(out);
+    }
+}
+
+/// [`run_ahead`] for one op.
+fn ready<R: Keyed>(
+    table: &Table<R>,
+    op: &mut Op<R>,
+    at: Option<u32>,
+    shared: &[u64],
+    versions: Versions,
+) -> Option<Ready<R>> {
+    let (Op::Update { id, base_version, with: with @ UpdateWith::Closure(_) }, Some(s)) = (op, at) else {
+        return None;
+    };
+    let cur = table.slot(s)?;
+    let alone = shared.get(s as usize / 64).is_some_and(|w| w & (1u64 << (s % 64)) == 0);
+    // The reducer's version check (`check_base`), which nothing before the op can change.
+    let passes = match base_version {
+        Some(b) => *b == cur.version,
+        None => versions == Versions::Client,
+    };
+    if !(alone && passes) {
+        return None;
+    }
+    // The closure moves out; the reducer does not look at `with` again.
+    let UpdateWith::Closure(f) = std::mem::replace(with, UpdateWith::Merge(Map::new())) else { return None };
+    let mut next = R::clone(&cur.record);
+    f(&mut next);
+    if next.id() != &*id {
+        // Not an update the reducer may apply: it reports the changed id.
+        *with = UpdateWith::Replace(next);
+        return None;
+    }
+    let mask = table.indexes_changed(&cur.record, &next);
+    Some(Ready { next: Arc::new(next), mask })
 }
 
 struct Reducer<'a, R: Keyed> {
     table: &'a Table<R>,
-    /// Each changed record's state so far, and its place in `order`.
-    overlay: IdMap<R::Id, (Option<Entry<R>>, usize)>,
-    order: Vec<R::Id>,
-    /// Per record in `order`: the indexes its change may touch (see [`Plan::changed_indexes`]).
+    /// Where each changed record is in `changes` (a record computed ahead is not here: no
+    /// other op of the frame looks it up).
+    overlay: IdMap<R::Id, usize>,
+    /// Each changed record's state so far, in order of first change.
+    changes: Vec<Change<R>>,
+    /// Per change: the indexes it may touch (see [`Plan::changed_indexes`]).
     masks: Vec<u64>,
     versions: Versions,
     validate: Option<Validate<'a, R>>,
@@ -405,7 +552,7 @@ impl<R: Keyed + Serialize + DeserializeOwned> Reducer<'_, R> {
     /// The record as the ops so far left it; `at` is its slot in the table, if it has one.
     fn current(&self, id: &R::Id, at: Option<u32>) -> Option<&Entry<R>> {
         match self.overlay.get(id) {
-            Some((e, _)) => e.as_ref(),
+            Some(&k) => self.changes[k].1.as_ref(),
             None => self.table.slot(at?),
         }
     }
@@ -423,25 +570,35 @@ impl<R: Keyed + Serialize + DeserializeOwned> Reducer<'_, R> {
 
     fn set(&mut self, op: usize, id: R::Id, at: Option<u32>, next: Option<Entry<R>>, plan: &mut Plan<R>) {
         let prev = self.current(&id, at).cloned();
-        plan.inverse.push(Inverse { op, id: id.clone(), prev });
         match self.overlay.entry(id) {
-            hash_map::Entry::Occupied(mut o) => {
+            hash_map::Entry::Occupied(o) => {
                 // Changed again: compared with the stored state by the table.
-                let at = o.get().1;
-                o.get_mut().0 = next;
-                self.masks[at] = u64::MAX;
+                let k = *o.get();
+                plan.inverse.push(Inverse { op, id: o.key().clone(), prev });
+                self.changes[k].1 = next;
+                self.masks[k] = u64::MAX;
             }
             hash_map::Entry::Vacant(v) => {
                 // The first change: `prev` is the stored state.
-                let mask = match (&plan.inverse.last().and_then(|i| i.prev.as_ref()), &next) {
+                let mask = match (&prev, &next) {
                     (Some(before), Some(after)) => self.table.indexes_changed(&before.record, &after.record),
                     _ => u64::MAX,
                 };
-                self.order.push(v.key().clone());
+                let id = v.key().clone();
+                v.insert(self.changes.len());
+                plan.inverse.push(Inverse { op, id: id.clone(), prev });
+                self.changes.push((id, next));
                 self.masks.push(mask);
-                v.insert((next, self.order.len() - 1));
             }
         }
+    }
+
+    /// [`set`](Self::set) for an update computed ahead: its record is changed once in the
+    /// frame, from its stored state, so no later op looks it up.
+    fn set_ready(&mut self, op: usize, id: R::Id, prev: Entry<R>, next: Entry<R>, mask: u64, plan: &mut Plan<R>) {
+        plan.inverse.push(Inverse { op, id: id.clone(), prev: Some(prev) });
+        self.changes.push((id, Some(next)));
+        self.masks.push(mask);
     }
 
     fn check(&self, r: &R) -> Result<(), WriteError<R>> {
@@ -493,7 +650,15 @@ impl<R: Keyed + Serialize + DeserializeOwned> Reducer<'_, R> {
         }
     }
 
-    fn one(&mut self, i: usize, op: Op<R>, meta: OpMeta, at: Option<u32>, plan: &mut Plan<R>) -> Settled<R> {
+    fn one(
+        &mut self,
+        i: usize,
+        op: Op<R>,
+        meta: OpMeta,
+        at: Option<u32>,
+        ready: Option<Ready<R>>,
+        plan: &mut Plan<R>,
+    ) -> Settled<R> {
         let confirmed = |e: Option<&Entry<R>>| e.map(|e| e.version).filter(|v| *v > 0);
         match op {
             Op::Hydrate(entries) => {
@@ -522,6 +687,14 @@ impl<R: Keyed + Serialize + DeserializeOwned> Reducer<'_, R> {
                 let Some(cur) = self.current(&id, at) else { return Err(WriteError::NotFound(id)) };
                 self.check_base(&id, base_version, cur, true)?;
                 let base = base_version.or(confirmed(Some(cur)));
+                if let Some(Ready { next, mask }) = ready {
+                    self.check(&next)?;
+                    let version = self.next_version(Some(cur));
+                    let prev = cur.clone();
+                    plan.entries.push(Self::entry(i, WriteAction::Update, id.clone(), base, Some(next.clone()), meta));
+                    self.set_ready(i, id.clone(), prev, Entry::new(next, version), mask, plan);
+                    return Ok(Applied { id: Some(id), version: Some(version) });
+                }
                 let mut merged = None;
                 let next = match with {
                     UpdateWith::Replace(r) => r,

@@ -53,8 +53,8 @@ pub(crate) fn prefetch_record<R>(e: Option<&Entry<R>>) {
     }
 }
 
-/// How many threads a commit's index updates may use.
-fn parallelism() -> usize {
+/// How many threads a commit's index updates (and a large frame's reducer) may use.
+pub(crate) fn parallelism() -> usize {
     static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *N.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from))
 }
