@@ -26,6 +26,7 @@
 //! Environment: `ATOMA_BENCH_QUICK=1` shrinks every size for a smoke run;
 //! `ATOMA_BENCH_PARTS=a,c` runs only some parts (criterion and summary alike; for profiling);
 //! `ATOMA_BENCH_SINGLE=100` times only 100 one-intent frames in part (a);
+//! `ATOMA_BENCH_BATCHED=30` times 30 batched frames in part (a) instead of 9 (for A/B runs);
 //! `ATOMA_PERF_CTL=<fifo>` drives `perf record --control fifo:<fifo> -D -1` so that only the
 //! batched frames of part (a) are sampled.
 //! See docs/benchmarks.md.
@@ -155,10 +156,14 @@ impl Sizes {
     }
 
     /// `ATOMA_BENCH_SINGLE=N` times N one-intent frames in part (a) instead (for profiling
-    /// the batched frame: the one-intent frames dominate a profile otherwise).
+    /// the batched frame: the one-intent frames dominate a profile otherwise);
+    /// `ATOMA_BENCH_BATCHED=N` times N batched frames.
     fn with_env_overrides(mut self) -> Self {
         if let Some(n) = std::env::var("ATOMA_BENCH_SINGLE").ok().and_then(|v| v.parse::<usize>().ok()) {
             self.single_frames = n.max(1);
+        }
+        if let Some(n) = std::env::var("ATOMA_BENCH_BATCHED").ok().and_then(|v| v.parse::<usize>().ok()) {
+            self.batched_runs = n.max(1);
         }
         self
     }

@@ -40,8 +40,8 @@ pub(crate) enum Inbound {
     Read { ticket: Ticket, result: Result<QueryResult, StandardError> },
 }
 
-/// A write sent to an executor (or held behind an earlier write of its record) and not yet
-/// answered.
+/// A write on its way to an executor: made this frame, or held behind an earlier write of its
+/// record. Sending it splits it into the write (to the encoder) and a [`Sent`].
 struct Flight<T: Record> {
     ticket: Ticket,
     id: T::Id,
@@ -51,9 +51,23 @@ struct Flight<T: Record> {
     /// No server version was known when it was made: an update goes as a loose upsert.
     loose: bool,
     inverse: Option<Inverse<T>>,
-    /// The write. Its value moves to the encoder when it is sent (a route that is not
-    /// optimistic keeps a copy: it is applied on confirmation).
+    /// The write.
     write: WriteEntry<T>,
+}
+
+/// A write sent to an executor and not yet answered: what settling it needs (the write
+/// itself went to the encoder).
+struct Sent<T: Record> {
+    ticket: Ticket,
+    id: T::Id,
+    optimistic: bool,
+    action: WriteAction,
+    /// The write's idempotency key where the executor sends a copy back (history pairs the
+    /// two), else empty.
+    key: String,
+    /// The value of a write that is not optimistic: it is applied on confirmation.
+    value: Option<std::sync::Arc<T>>,
+    inverse: Option<Inverse<T>>,
 }
 
 /// A store's bookkeeping (not public: game systems see `Store<T>` and messages).
@@ -72,7 +86,7 @@ pub(crate) struct StoreState<T: Record> {
     /// Which fetch each missing id waits on.
     parked_ids: IdMap<T::Id, u64>,
     /// Sent writes, by batch.
-    in_flight: HashMap<u64, Vec<Flight<T>>>,
+    in_flight: HashMap<u64, Vec<Sent<T>>>,
     /// Writes held back until an earlier write of the same record is answered.
     held: IdMap<T::Id, VecDeque<Flight<T>>>,
     /// How many writes of each record are in flight.
@@ -537,20 +551,21 @@ pub(crate) fn reduce_store<T: Record>(
     // 2. The frame's intents. A write to a missing record parks until its fetch returns.
     let mut fetch_now: HashMap<String, (u64, Vec<String>)> = HashMap::new();
     let mut created: IdSet<T::Id> = IdSet::default();
-    let drained: Vec<WriteIntent<T>> = intents.drain().collect();
-    ops.reserve(drained.len());
-    op_tickets.reserve(drained.len());
-    metrics.entry(name).intents += drained.len() as u64;
     // Which targets the table holds, in one loop of independent lookups: the processor
-    // overlaps their cache misses (and the reducer finds the same entries cached).
-    let present: Vec<bool> = drained
-        .iter()
+    // overlaps their cache misses (and the reducer finds the same entries cached). The
+    // intents are read where they are, then drained straight into the ops.
+    let present: Vec<bool> = intents
+        .get_cursor()
+        .read(&intents)
         .map(|i| match &i.op {
             Op::Update { id, .. } | Op::Delete { id, .. } | Op::Patch { id, .. } => table.contains(id),
             _ => false,
         })
         .collect();
-    for (intent, present) in drained.into_iter().zip(present) {
+    ops.reserve(present.len());
+    op_tickets.reserve(present.len());
+    metrics.entry(name).intents += present.len() as u64;
+    for (intent, present) in intents.drain().zip(present) {
         let target = match &intent.op {
             Op::Update { id, .. } | Op::Delete { id, .. } | Op::Patch { id, .. } => Some(id.clone()),
             Op::Create(r) | Op::Upsert { record: r, .. } => {
@@ -873,58 +888,46 @@ fn send<T: Record>(state: &mut StoreState<T>, routes: &Routes, outgoing: &mut Ou
             by_route
         }
     };
-    for (route_name, mut flights) in by_route {
+    for (route_name, flights) in by_route {
         let Some(route) = routes.get(&route_name) else { continue };
         let batch = super::flush::next_id();
         // The ack matches its write by idempotency key only where the executor sends a copy
         // back (history pairs the two): elsewhere the key moves to the encoder.
         let keeps_key = !route.policy.stores_as_sent || state.transforms.writeback.is_some();
-        let writes: Vec<ToEncode<T>> = flights
-            .iter_mut()
-            .map(|f| {
-                // An optimistic write's value is in the store already: the flight needs no copy.
-                let value = if f.optimistic { f.write.value.take() } else { f.write.value.clone() };
-                // A sent write's merge fields and patch ops are not needed again.
-                let (merge, patch) = (f.write.merge.take(), std::mem::take(&mut f.write.patch));
-                let meta = if keeps_key {
-                    // The ack's writeback carries the key back to history.
-                    ensure_key(&mut f.write.meta, f.ticket);
-                    f.write.meta.clone()
-                } else {
-                    std::mem::take(&mut f.write.meta)
-                };
-                let w = &f.write;
-                ToEncode {
-                    ticket: f.ticket,
-                    loose: f.loose,
-                    write: WriteEntry {
-                        op: w.op,
-                        action: w.action,
-                        id: w.id.clone(),
-                        base_version: w.base_version,
-                        value,
-                        merge,
-                        patch,
-                        upsert_mode: w.upsert_mode,
-                        meta,
-                    },
-                }
-            })
-            .collect();
+        let mut sent = Vec::with_capacity(flights.len());
+        let mut writes = Vec::with_capacity(flights.len());
+        for f in flights {
+            let Flight { ticket, id, optimistic, loose, inverse, mut write, .. } = f;
+            // An optimistic write's value is in the store already: only the encoder needs it.
+            let value = if optimistic { None } else { write.value.clone() };
+            let key = if keeps_key {
+                // The ack's writeback carries the key back to history.
+                ensure_key(&mut write.meta, ticket);
+                write.meta.idempotency_key.clone()
+            } else {
+                String::new()
+            };
+            sent.push(Sent { ticket, id, optimistic, action: write.action, key, value, inverse });
+            writes.push(ToEncode { ticket, loose, write });
+        }
         let transforms = state.transforms.clone();
         let resource = state.name;
         let as_sent = route.policy.stores_as_sent;
         let encode: super::flush::Encode = Box::new(move || encode(resource, writes, &transforms, as_sent));
         outgoing.write(route_name.to_string(), route.write.clone(), encode, state.tx.clone(), batch);
-        state.in_flight.insert(batch, flights);
+        state.in_flight.insert(batch, sent);
     }
 }
+
+/// What an answered write held: its inverse patch, and the value of a write that was not
+/// optimistic.
+type Answered<T> = (Option<Inverse<T>>, Option<std::sync::Arc<T>>);
 
 /// What a frame's reduce leaves behind — the records a commit replaced, settled writes and
 /// their answers — freed on the flush thread instead of in the frame.
 struct Leftovers<T: Record> {
     entries: Vec<Entry<T>>,
-    writes: Vec<(Option<Inverse<T>>, WriteEntry<T>)>,
+    writes: Vec<Answered<T>>,
     results: Vec<crate::protocol::WriteItemResult>,
 }
 
@@ -946,7 +949,7 @@ impl<T: Record> Leftovers<T> {
 /// copy) on failure.
 fn settle_flight<T: Record>(
     state: &mut StoreState<T>,
-    mut f: Flight<T>,
+    mut f: Sent<T>,
     mut r: crate::protocol::WriteItemResult,
     ops: &mut Vec<(Op<T>, OpMeta)>,
     op_tickets: &mut Vec<Option<Ticket>>,
@@ -964,11 +967,8 @@ fn settle_flight<T: Record>(
         // until its own ack (only the version is written back now).
         let takes_copy = takes_copy && !state.held.contains_key(&f.id);
         // The writeback carries the write's key: history matches it to the action.
-        let ack_meta = OpMeta {
-            origin: Origin::Sync,
-            idempotency_key: std::mem::take(&mut f.write.meta.idempotency_key),
-            ..OpMeta::default()
-        };
+        let ack_meta =
+            OpMeta { origin: Origin::Sync, idempotency_key: std::mem::take(&mut f.key), ..OpMeta::default() };
         let record = r
             .data
             .take()
@@ -977,8 +977,8 @@ fn settle_flight<T: Record>(
                 Json::Object(m) => from_json::<T>(m, state.transforms.writeback.as_ref()).ok(),
                 _ => None,
             })
-            .or_else(|| if f.optimistic { None } else { f.write.value.as_deref().cloned() });
-        match (r.version, f.write.action) {
+            .or_else(|| if f.optimistic { None } else { f.value.as_deref().cloned() });
+        match (r.version, f.action) {
             (_, WriteAction::Delete) => {
                 if !f.optimistic {
                     ops.push((Op::Remote { id: f.id.clone(), version: u64::MAX, record: None }, sync_meta()));
@@ -996,7 +996,7 @@ fn settle_flight<T: Record>(
             (None, _) => {}
         }
         settle_now.push(WriteSettled { ticket: f.ticket, id: Some(f.id), result: Ok(r.version) });
-        leftovers.writes.push((f.inverse, f.write));
+        leftovers.writes.push((f.inverse, f.value));
         leftovers.results.push(r);
         return;
     }
