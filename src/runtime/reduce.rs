@@ -40,8 +40,8 @@ pub(crate) enum Inbound {
     Read { ticket: Ticket, result: Result<QueryResult, StandardError> },
 }
 
-/// A write on its way to an executor: made this frame, or held behind an earlier write of its
-/// record. Sending it splits it into the write (to the encoder) and a [`Sent`].
+/// A write sent to an executor (or held behind an earlier write of its record) and not yet
+/// answered.
 struct Flight<T: Record> {
     ticket: Ticket,
     id: T::Id,
@@ -51,23 +51,9 @@ struct Flight<T: Record> {
     /// No server version was known when it was made: an update goes as a loose upsert.
     loose: bool,
     inverse: Option<Inverse<T>>,
-    /// The write.
+    /// The write. Its value moves to the encoder when it is sent (a route that is not
+    /// optimistic keeps a copy: it is applied on confirmation).
     write: WriteEntry<T>,
-}
-
-/// A write sent to an executor and not yet answered: what settling it needs (the write
-/// itself went to the encoder).
-struct Sent<T: Record> {
-    ticket: Ticket,
-    id: T::Id,
-    optimistic: bool,
-    action: WriteAction,
-    /// The write's idempotency key where the executor sends a copy back (history pairs the
-    /// two), else empty.
-    key: String,
-    /// The value of a write that is not optimistic: it is applied on confirmation.
-    value: Option<std::sync::Arc<T>>,
-    inverse: Option<Inverse<T>>,
 }
 
 /// A store's bookkeeping (not public: game systems see `Store<T>` and messages).
@@ -86,7 +72,7 @@ pub(crate) struct StoreState<T: Record> {
     /// Which fetch each missing id waits on.
     parked_ids: IdMap<T::Id, u64>,
     /// Sent writes, by batch.
-    in_flight: HashMap<u64, Vec<Sent<T>>>,
+    in_flight: HashMap<u64, Vec<Flight<T>>>,
     /// Writes held back until an earlier write of the same record is answered.
     held: IdMap<T::Id, VecDeque<Flight<T>>>,
     /// How many writes of each record are in flight.
@@ -888,46 +874,58 @@ fn send<T: Record>(state: &mut StoreState<T>, routes: &Routes, outgoing: &mut Ou
             by_route
         }
     };
-    for (route_name, flights) in by_route {
+    for (route_name, mut flights) in by_route {
         let Some(route) = routes.get(&route_name) else { continue };
         let batch = super::flush::next_id();
         // The ack matches its write by idempotency key only where the executor sends a copy
         // back (history pairs the two): elsewhere the key moves to the encoder.
         let keeps_key = !route.policy.stores_as_sent || state.transforms.writeback.is_some();
-        let mut sent = Vec::with_capacity(flights.len());
-        let mut writes = Vec::with_capacity(flights.len());
-        for f in flights {
-            let Flight { ticket, id, optimistic, loose, inverse, mut write, .. } = f;
-            // An optimistic write's value is in the store already: only the encoder needs it.
-            let value = if optimistic { None } else { write.value.clone() };
-            let key = if keeps_key {
-                // The ack's writeback carries the key back to history.
-                ensure_key(&mut write.meta, ticket);
-                write.meta.idempotency_key.clone()
-            } else {
-                String::new()
-            };
-            sent.push(Sent { ticket, id, optimistic, action: write.action, key, value, inverse });
-            writes.push(ToEncode { ticket, loose, write });
-        }
+        let writes: Vec<ToEncode<T>> = flights
+            .iter_mut()
+            .map(|f| {
+                // An optimistic write's value is in the store already: the flight needs no copy.
+                let value = if f.optimistic { f.write.value.take() } else { f.write.value.clone() };
+                // A sent write's merge fields and patch ops are not needed again.
+                let (merge, patch) = (f.write.merge.take(), std::mem::take(&mut f.write.patch));
+                let meta = if keeps_key {
+                    // The ack's writeback carries the key back to history.
+                    ensure_key(&mut f.write.meta, f.ticket);
+                    f.write.meta.clone()
+                } else {
+                    std::mem::take(&mut f.write.meta)
+                };
+                let w = &f.write;
+                ToEncode {
+                    ticket: f.ticket,
+                    loose: f.loose,
+                    write: WriteEntry {
+                        op: w.op,
+                        action: w.action,
+                        id: w.id.clone(),
+                        base_version: w.base_version,
+                        value,
+                        merge,
+                        patch,
+                        upsert_mode: w.upsert_mode,
+                        meta,
+                    },
+                }
+            })
+            .collect();
         let transforms = state.transforms.clone();
         let resource = state.name;
         let as_sent = route.policy.stores_as_sent;
         let encode: super::flush::Encode = Box::new(move || encode(resource, writes, &transforms, as_sent));
         outgoing.write(route_name.to_string(), route.write.clone(), encode, state.tx.clone(), batch);
-        state.in_flight.insert(batch, sent);
+        state.in_flight.insert(batch, flights);
     }
 }
-
-/// What an answered write held: its inverse patch, and the value of a write that was not
-/// optimistic.
-type Answered<T> = (Option<Inverse<T>>, Option<std::sync::Arc<T>>);
 
 /// What a frame's reduce leaves behind — the records a commit replaced, settled writes and
 /// their answers — freed on the flush thread instead of in the frame.
 struct Leftovers<T: Record> {
     entries: Vec<Entry<T>>,
-    writes: Vec<Answered<T>>,
+    writes: Vec<(Option<Inverse<T>>, WriteEntry<T>)>,
     results: Vec<crate::protocol::WriteItemResult>,
 }
 
@@ -949,7 +947,7 @@ impl<T: Record> Leftovers<T> {
 /// copy) on failure.
 fn settle_flight<T: Record>(
     state: &mut StoreState<T>,
-    mut f: Sent<T>,
+    mut f: Flight<T>,
     mut r: crate::protocol::WriteItemResult,
     ops: &mut Vec<(Op<T>, OpMeta)>,
     op_tickets: &mut Vec<Option<Ticket>>,
@@ -967,8 +965,11 @@ fn settle_flight<T: Record>(
         // until its own ack (only the version is written back now).
         let takes_copy = takes_copy && !state.held.contains_key(&f.id);
         // The writeback carries the write's key: history matches it to the action.
-        let ack_meta =
-            OpMeta { origin: Origin::Sync, idempotency_key: std::mem::take(&mut f.key), ..OpMeta::default() };
+        let ack_meta = OpMeta {
+            origin: Origin::Sync,
+            idempotency_key: std::mem::take(&mut f.write.meta.idempotency_key),
+            ..OpMeta::default()
+        };
         let record = r
             .data
             .take()
@@ -977,8 +978,8 @@ fn settle_flight<T: Record>(
                 Json::Object(m) => from_json::<T>(m, state.transforms.writeback.as_ref()).ok(),
                 _ => None,
             })
-            .or_else(|| if f.optimistic { None } else { f.value.as_deref().cloned() });
-        match (r.version, f.action) {
+            .or_else(|| if f.optimistic { None } else { f.write.value.as_deref().cloned() });
+        match (r.version, f.write.action) {
             (_, WriteAction::Delete) => {
                 if !f.optimistic {
                     ops.push((Op::Remote { id: f.id.clone(), version: u64::MAX, record: None }, sync_meta()));
@@ -996,7 +997,7 @@ fn settle_flight<T: Record>(
             (None, _) => {}
         }
         settle_now.push(WriteSettled { ticket: f.ticket, id: Some(f.id), result: Ok(r.version) });
-        leftovers.writes.push((f.inverse, f.value));
+        leftovers.writes.push((f.inverse, f.write));
         leftovers.results.push(r);
         return;
     }
