@@ -366,8 +366,10 @@ where
     // the earlier ops (see [`run_ahead`]).
     let ahead = if n >= AHEAD_MIN && parallelism() > 1 { n - n * AHEAD_SHARE.0 / AHEAD_SHARE.1 } else { n };
     let (head, tail) = ops.split_at_mut(ahead);
-    if tail.is_empty() {
-        head.iter_mut().enumerate().for_each(|(i, slot)| step(i, slot, None));
+    // Worth a thread only for a run of closure updates (a frame of creates has none).
+    let closures = tail.iter().filter(|(op, _)| matches!(op, Op::Update { with: UpdateWith::Closure(_), .. })).count();
+    if closures < AHEAD_CHUNK {
+        head.iter_mut().chain(tail).enumerate().for_each(|(i, slot)| step(i, slot, None));
     } else {
         let shared = shared_slots(table, head, tail, &at);
         let chunks: Vec<Mutex<Chunk<'_, R>>> = tail
