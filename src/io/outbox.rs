@@ -392,7 +392,8 @@ fn row_seq(row: &[u8]) -> Result<u64, StandardError> {
 
 /// Queues a frame's writes, inside its transaction: the tables stay open from the first
 /// write to the last, and each write costs one item and its idempotency key. (The index
-/// rows follow in the next transaction that reads the indexes: see [`INDEXED_KEY`].)
+/// rows follow in the next transaction that reads the indexes, which first indexes every
+/// item queued since the last one.)
 pub struct Enqueuer<'t> {
     items: redb::Table<'t, u64, &'static [u8]>,
     keys: redb::Table<'t, &'static str, u64>,
