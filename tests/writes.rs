@@ -264,3 +264,63 @@ fn a_write_that_cannot_be_encoded_fails_and_rolls_back_and_later_writes_go_throu
     assert_eq!(results.iter().map(|r| (r.ticket, r.result.is_ok())).collect::<Vec<_>>(), vec![(ok, true)]);
     assert_eq!(app.world().resource::<Store<Fragile>>().entry(&2).map(|e| e.version), Some(1));
 }
+
+/// A memory executor that also keeps the client time of every write it is sent.
+#[derive(Clone, Default)]
+struct Clocked {
+    inner: Remote,
+    times: std::sync::Arc<std::sync::Mutex<Vec<i64>>>,
+}
+
+impl atoma::io::Executor for Clocked {
+    fn query(
+        &self,
+        req: atoma::protocol::QueryRequest,
+    ) -> atoma::io::BoxFuture<Result<atoma::protocol::QueryResult, atoma::protocol::StandardError>> {
+        self.inner.query(req)
+    }
+    fn write(
+        &self,
+        req: atoma::protocol::WriteRequest,
+    ) -> atoma::io::BoxFuture<Result<atoma::protocol::WriteResult, atoma::protocol::StandardError>> {
+        if let Ok(mut t) = self.times.lock() {
+            t.extend(req.entries.iter().map(|e| e.item.meta.client_time_ms));
+        }
+        self.inner.write(req)
+    }
+}
+
+/// Records the next run of the writing system creates.
+#[derive(Resource, Default)]
+struct Pending(Vec<Player>);
+
+/// The client time is read once per run of the writing system: every write of a run carries
+/// the wall clock of that run, and a later run reads the clock again.
+#[test]
+fn client_time_is_the_wall_clock_of_each_run() {
+    let clocked = Clocked::default();
+    let times = clocked.times.clone();
+    let mut app = app(AtomaPlugin::in_memory().route("clocked", Route::new(clocked)), |app| {
+        app.add_store::<Player>(StoreConfig::default().route("clocked"));
+        app.init_resource::<Pending>();
+        app.add_systems(Update, |mut w: Writer<Player>, mut pending: ResMut<Pending>| {
+            for p in pending.0.drain(..) {
+                w.create(p);
+            }
+        });
+    });
+    app.world_mut().resource_mut::<Pending>().0 = (0..3).map(|i| player(i, "a", 1)).collect();
+    let before = atoma::runtime::now_ms();
+    app.update();
+    let after = atoma::runtime::now_ms();
+    settle::<Player>(&mut app, 3);
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    app.world_mut().resource_mut::<Pending>().0.push(player(10, "b", 1));
+    app.update();
+    settle::<Player>(&mut app, 1);
+    let times = times.lock().map(|t| t.clone()).unwrap_or_default();
+    assert_eq!(times.len(), 4, "four writes reached the executor: {times:?}");
+    assert!(times[..3].iter().all(|t| *t == times[0]), "one run, one clock reading: {times:?}");
+    assert!((before..=after).contains(&times[0]), "{before} <= {} <= {after}", times[0]);
+    assert!(times[3] >= times[0] + 5, "the next run read the clock again: {times:?}");
+}

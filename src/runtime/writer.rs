@@ -4,8 +4,9 @@
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bevy_ecs::change_detection::Tick;
 use bevy_ecs::message::MessageWriter;
-use bevy_ecs::system::SystemParam;
+use bevy_ecs::system::{Local, SystemChangeTick, SystemParam};
 use serde_json::{Map, Value as Json};
 
 use super::messages::{Ticket, WriteIntent};
@@ -82,9 +83,14 @@ fn fresh_key(ticket: Ticket) -> String {
 /// the ticket ([`ensure_key`]), made only where it is used (on the wire, and where history
 /// pairs a write with its executor's copy), not once per intent on the game thread.
 pub(crate) fn meta(opts: &WriteOptions, origin: Origin) -> OpMeta {
+    meta_at(opts, origin, now_ms())
+}
+
+/// [`meta`] with the client time given.
+fn meta_at(opts: &WriteOptions, origin: Origin, client_time_ms: i64) -> OpMeta {
     OpMeta {
         idempotency_key: opts.idempotency_key.clone().unwrap_or_default(),
-        client_time_ms: now_ms(),
+        client_time_ms,
         origin,
         action_id: opts.action_id.clone(),
         route: opts.route.clone(),
@@ -105,15 +111,31 @@ pub(crate) fn key_of(meta: &OpMeta, ticket: Ticket) -> String {
 
 /// Writes to `Store<T>` from a system: each call buffers an intent and returns its ticket;
 /// results arrive as [`WriteSettled<T>`](crate::runtime::WriteSettled) messages.
+///
+/// A write's client time is the wall clock at the first write of the system's run (read once
+/// per run: the clock costs more than the rest of a write).
 #[derive(SystemParam)]
-pub struct Writer<'w, T: Record> {
+pub struct Writer<'w, 's, T: Record> {
     intents: MessageWriter<'w, WriteIntent<T>>,
+    /// Tells one run of the system from the next.
+    ticks: SystemChangeTick,
+    /// The run the clock was last read in, and what it read.
+    clock: Local<'s, Option<(Tick, i64)>>,
 }
 
-impl<T: Record> Writer<'_, T> {
+impl<T: Record> Writer<'_, '_, T> {
     fn push(&mut self, op: Op<T>, opts: &WriteOptions) -> Ticket {
         let ticket = Ticket::next();
-        self.intents.write(WriteIntent { ticket, op, meta: meta(opts, Origin::User) });
+        let run = self.ticks.this_run();
+        let now = match *self.clock {
+            Some((r, t)) if r == run => t,
+            _ => {
+                let t = now_ms();
+                *self.clock = Some((run, t));
+                t
+            }
+        };
+        self.intents.write(WriteIntent { ticket, op, meta: meta_at(opts, Origin::User, now) });
         ticket
     }
 
@@ -182,7 +204,7 @@ pub trait PushIntent<T: Record> {
     fn push_op(&mut self, op: Op<T>, opts: &WriteOptions) -> Ticket;
 }
 
-impl<T: Record> PushIntent<T> for Writer<'_, T> {
+impl<T: Record> PushIntent<T> for Writer<'_, '_, T> {
     fn push_op(&mut self, op: Op<T>, opts: &WriteOptions) -> Ticket {
         self.push(op, opts)
     }
