@@ -113,7 +113,7 @@ pub(crate) fn key_of(meta: &OpMeta, ticket: Ticket) -> String {
 /// results arrive as [`WriteSettled<T>`](crate::runtime::WriteSettled) messages.
 ///
 /// A write's client time is the wall clock at the first write of the system's run (read once
-/// per run: the clock costs more than the rest of a write).
+/// per run: a read of the clock costs about a third of a write).
 #[derive(SystemParam)]
 pub struct Writer<'w, 's, T: Record> {
     intents: MessageWriter<'w, WriteIntent<T>>,
