@@ -362,19 +362,17 @@ where
         let result = r.one(i, op, meta, at[i], ready, &mut plan);
         plan.results.push(result);
     };
-    // A large frame's later updates are computed on a second thread while this one reduces
-    // the earlier ops (see [`run_ahead`]).
-    let ahead = if n >= AHEAD_MIN && parallelism() > 1 { n - n * AHEAD_SHARE.0 / AHEAD_SHARE.1 } else { n };
-    let (head, tail) = ops.split_at_mut(ahead);
-    // Worth a thread only for a run of closure updates (a frame of creates has none).
-    let closures = tail.iter().filter(|(op, _)| matches!(op, Op::Update { with: UpdateWith::Closure(_), .. })).count();
-    if closures < AHEAD_CHUNK {
-        head.iter_mut().chain(tail).enumerate().for_each(|(i, slot)| step(i, slot, None));
+    // A large frame's updates are computed on a second thread from the last op back, while
+    // this one reduces from the first op on (see [`run_ahead`]): the two meet where their
+    // shares of the frame balance, however late the other thread starts.
+    let closures = ops.iter().filter(|(op, _)| matches!(op, Op::Update { with: UpdateWith::Closure(_), .. })).count();
+    if n < AHEAD_MIN || parallelism() < 2 || closures < AHEAD_CHUNK {
+        ops.iter_mut().enumerate().for_each(|(i, slot)| step(i, slot, None));
     } else {
-        let shared = shared_slots(table, head, tail, &at);
-        let chunks: Vec<Mutex<Chunk<'_, R>>> = tail
+        let shared = shared_slots(table, &ops, &at);
+        let chunks: Vec<Mutex<Chunk<'_, R>>> = ops
             .chunks_mut(AHEAD_CHUNK)
-            .zip(at[ahead..].chunks(AHEAD_CHUNK))
+            .zip(at.chunks(AHEAD_CHUNK))
             .map(|(ops, at)| Mutex::new(Chunk { ops, at, ready: None, claimed: false }))
             .collect();
         std::thread::scope(|scope| {
@@ -382,12 +380,11 @@ where
             let _ = std::thread::Builder::new()
                 .name("atoma-reduce".into())
                 .spawn_scoped(scope, || run_ahead(table, &chunks, &shared, versions));
-            head.iter_mut().enumerate().for_each(|(i, slot)| step(i, slot, None));
-            let mut i = ahead;
+            let mut i = 0;
             for chunk in &chunks {
                 // Waits only while the other thread is inside this chunk.
                 let mut c = lock(chunk);
-                // A chunk it has not reached yet is taken back (and so it stops).
+                // A chunk it has not reached yet is taken (and so it stops there).
                 c.claimed = true;
                 let mut ready = c.ready.take().unwrap_or_default().into_iter();
                 for slot in c.ops.iter_mut() {
@@ -404,11 +401,6 @@ where
 
 /// Frames of at least this many ops compute some of their updates on a second thread.
 const AHEAD_MIN: usize = if cfg!(debug_assertions) { 16 } else { 2048 };
-/// The share of a large frame's ops (the last ones) that the second thread goes through. An
-/// update it computed costs this thread less than half of one it did not: it takes more than
-/// half, and both threads finish their parts about together.
-const AHEAD_SHARE: (usize, usize) = (3, 5);
-
 /// An update computed ahead of the reducer by [`run_ahead`].
 struct Ready<R> {
     /// The record after the update.
@@ -418,12 +410,7 @@ struct Ready<R> {
 }
 
 /// Bit `s` set: slot `s` is the target of more than one op (hydrated entries included).
-fn shared_slots<R: Keyed>(
-    table: &Table<R>,
-    head: &[(Op<R>, OpMeta)],
-    tail: &[(Op<R>, OpMeta)],
-    at: &[Option<u32>],
-) -> Vec<u64> {
+fn shared_slots<R: Keyed>(table: &Table<R>, ops: &[(Op<R>, OpMeta)], at: &[Option<u32>]) -> Vec<u64> {
     let words = table.slots.len() / 64 + 1;
     let mut once = vec![0u64; words];
     let mut more = vec![0u64; words];
@@ -433,7 +420,7 @@ fn shared_slots<R: Keyed>(
         once[w] |= b;
     };
     at.iter().flatten().for_each(|&s| mark(s));
-    for (op, _) in head.iter().chain(tail) {
+    for (op, _) in ops {
         if let Op::Hydrate(entries) = op {
             entries.iter().filter_map(|e| table.by_id.get(e.record.id())).for_each(|&s| mark(s));
         }
@@ -464,9 +451,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// in the frame touches, and whose version check will pass: the copy of the record, the
 /// closure's change and the comparison of the indexed fields are what the reducer would have
 /// done in its turn (no op before it changes the record), and most of an update's cost.
-/// Goes through the chunks in order, and stops at the first one the reducer reached first.
+/// Goes through the chunks from the last one back, and stops at the first one the reducer
+/// reached first.
 fn run_ahead<R: Keyed>(table: &Table<R>, chunks: &[Mutex<Chunk<'_, R>>], shared: &[u64], versions: Versions) {
-    for chunk in chunks {
+    for chunk in chunks.iter().rev() {
         let mut c = lock(chunk);
         if c.claimed {
             return;
