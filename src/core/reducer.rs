@@ -365,8 +365,9 @@ where
     // A large frame's updates are computed on a second thread from the last op back, while
     // this one reduces from the first op on (see [`run_ahead`]): the two meet where their
     // shares of the frame balance, however late the other thread starts.
-    let closures = ops.iter().filter(|(op, _)| matches!(op, Op::Update { with: UpdateWith::Closure(_), .. })).count();
-    if n < AHEAD_MIN || parallelism() < 2 || closures < AHEAD_CHUNK {
+    let closures =
+        || ops.iter().filter(|(op, _)| matches!(op, Op::Update { with: UpdateWith::Closure(_), .. })).count();
+    if n < AHEAD_MIN || parallelism() < 2 || closures() < AHEAD_CHUNK {
         ops.iter_mut().enumerate().for_each(|(i, slot)| step(i, slot, None));
     } else {
         let shared = shared_slots(table, &ops, &at);
