@@ -355,8 +355,8 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(1024))]
 
     /// One plan over a frame's ops leaves the table and the results exactly as reducing the
-    /// ops one at a time does, on client and server versions (debug builds compute a frame's
-    /// later closure updates on a second thread from 16 ops).
+    /// ops one at a time does, on client and server versions (debug builds compute closure
+    /// updates on a second thread from 16 ops holding at least 4 of them, in chunks of 4).
     #[test]
     fn one_plan_equals_one_op_at_a_time(
         init in initial_over(48, 40),
