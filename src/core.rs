@@ -21,5 +21,6 @@ pub use reducer::{
     WriteAction, WriteEntry, WriteError, reduce,
 };
 pub use relation::{Include, Included, Relation, RelationKind, include};
+pub(crate) use table::beside;
 pub use table::{Change, Entry, IdMap, IdSet, Table};
 pub use value::{Key, Value};

@@ -129,6 +129,37 @@ fn undo_restores_a_frames_writes_exactly_and_redo_reapplies_them() {
 }
 
 #[test]
+fn a_large_frame_undoes_and_redoes_exactly() {
+    // Large enough for the commit to run on its helper thread while history records (from
+    // 16 changes in debug builds, 2,048 in release ones).
+    let disk = MemoryExecutor::new();
+    let mut app = on(&disk);
+    write(&mut app, |w| {
+        w.create_many((0..40).map(|i| player(i, &format!("p{i}"), i64::from(i))));
+    });
+    let before = records(&app);
+    write(&mut app, |w| {
+        for i in 0..30 {
+            w.update(i, |p| p.level += 100);
+        }
+        for i in 30..35 {
+            w.delete(i);
+        }
+        w.create_many((40..45).map(|i| player(i, "new", 1)));
+    });
+    let after = records(&app);
+    assert_ne!(before, after);
+    assert_eq!(undoable(&app).len(), 2);
+    let s = step(&mut app, |h| h.undo());
+    assert_eq!(s.tickets.len(), 40, "one write per touched record");
+    assert_eq!(records(&app), before);
+    assert_eq!(records(&on(&disk)), before);
+    step(&mut app, |h| h.redo());
+    assert_eq!(records(&app), after);
+    assert_eq!(records(&on(&disk)), after);
+}
+
+#[test]
 fn undo_writes_are_not_recorded_and_a_new_action_clears_redo() {
     let mut app = on(&MemoryExecutor::new());
     write(&mut app, |w| {

@@ -8,6 +8,7 @@ use atoma::prelude::*;
 use atoma::runtime::{Route, RoutePolicy};
 use bevy_app::{App, Update};
 use bevy_ecs::prelude::*;
+use bevy_ecs::system::RunSystemOnce;
 use common::*;
 
 fn metrics(app: &App) -> atoma::runtime::StoreMetrics {
@@ -115,6 +116,33 @@ fn update_many_over_missing_ids_is_one_commit_not_n_plus_one() {
     let results = settle::<Player>(&mut app, 51);
     let missing = results.iter().find(|s| s.id == Some(999)).expect("999 settled");
     assert!(matches!(missing.result, Err(WriteFailure::Rejected(atoma::core::WriteError::NotFound(999)))));
+}
+
+#[test]
+fn a_route_that_is_not_optimistic_applies_writes_on_confirmation() {
+    // One write, and a frame large enough for the commit to run on its helper thread (from
+    // 16 changes in debug builds, 2,048 in release ones).
+    for n in [1u32, 40] {
+        let remote = Remote::default();
+        let mut app = remote_app(remote.clone(), RoutePolicy { optimistic: false, ..RoutePolicy::default() });
+        app.world_mut()
+            .run_system_once(move |mut w: Writer<Player>| {
+                for i in 0..n {
+                    w.create(player(i, "x", i64::from(i)));
+                }
+            })
+            .expect("runs");
+        app.update();
+        assert!(store(&app).is_empty(), "{n} writes: nothing applied before the executor confirmed");
+        let results = settle::<Player>(&mut app, n as usize);
+        assert!(results.iter().all(WriteSettled::is_ok), "{results:?}");
+        assert_eq!(store(&app).len(), n as usize, "{n} writes: applied on confirmation");
+        for i in 0..n {
+            assert_eq!(store(&app).entry(&i).map(|e| (e.record.level, e.version)), Some((i64::from(i), 1)));
+        }
+        let remote_view = remote_app(remote, RoutePolicy::default());
+        assert!(store(&remote_view).is_empty(), "a remote route loads nothing: the check above saw the acks");
+    }
 }
 
 #[test]

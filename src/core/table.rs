@@ -59,6 +59,36 @@ pub(crate) fn parallelism() -> usize {
     *N.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from))
 }
 
+/// Runs `a` on a scoped helper thread (named `name`) while this thread runs `b`, when
+/// `parallel` and a thread can start; otherwise one after the other on this thread. A panic
+/// in `a` is raised again here, as it would have been had `a` run here.
+pub(crate) fn beside<A, B>(parallel: bool, name: &str, a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B) -> (A, B)
+where
+    A: Send,
+{
+    // The helper takes `a` from here; if it never started, this thread runs it.
+    let slot = std::sync::Mutex::new(Some(a));
+    let take = || slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+    std::thread::scope(|scope| {
+        let helper = if parallel && parallelism() >= 2 {
+            std::thread::Builder::new().name(name.into()).spawn_scoped(scope, || take().map(|a| a())).ok()
+        } else {
+            None
+        };
+        let rb = b();
+        let ra = match helper.map(|h| h.join()) {
+            Some(Ok(ra)) => ra,
+            Some(Err(panic)) => std::panic::resume_unwind(panic),
+            None => None,
+        };
+        match ra.or_else(|| take().map(|a| a())) {
+            Some(ra) => (ra, rb),
+            // `a` is taken once, by the helper or by this thread.
+            None => unreachable!("the helper ran `a` and returned nothing"),
+        }
+    })
+}
+
 /// A set of slots (a bit per slot), cleared by what was set.
 #[derive(Default)]
 struct Touched {

@@ -12,7 +12,7 @@ use bevy_ecs::world::DeferredWorld;
 use super::messages::{Ticket, WriteIntent};
 use super::store::Store;
 use super::writer::{WriteOptions, ensure_key, meta};
-use crate::core::{Entry, IdMap, Op, OpMeta, Origin, Plan, Record, UpsertMode};
+use crate::core::{Change, Entry, IdMap, Inverse, Op, OpMeta, Origin, Record, UpsertMode};
 
 /// One record an action touched: its state before the action, and its record after it.
 pub(crate) struct Touch<T: Record> {
@@ -136,7 +136,7 @@ impl<T: Record> HistoryLog<T> {
     /// Records a commit's successful user and mirror writes, grouped by action id (writes
     /// without one form one group per commit, that is per frame). Origins `sync` and
     /// `history` are never recorded.
-    pub(crate) fn record(&mut self, plan: &Plan<T>, metas: &[OpMeta], ok: &[bool]) {
+    pub(crate) fn record(&mut self, changes: &[Change<T>], inverse: &[Inverse<T>], metas: &[OpMeta], ok: &[bool]) {
         self.frame += 1;
         // The commit applies whatever undo / redo queued before it.
         self.queued.clear();
@@ -148,13 +148,13 @@ impl<T: Record> HistoryLog<T> {
         let confirms = |op: usize| {
             awaiting && metas.get(op).is_some_and(|m| m.origin == Origin::Sync && !m.idempotency_key.is_empty())
         };
-        if !plan.inverse.iter().any(|inv| recorded(inv.op) || confirms(inv.op)) {
+        if !inverse.iter().any(|inv| recorded(inv.op) || confirms(inv.op)) {
             return;
         }
-        let afters = after_states(plan);
+        let afters = after_states(changes, inverse);
 
         // An executor's copy of a recorded write (same idempotency key) is what the write left.
-        for (inv, after) in plan.inverse.iter().zip(&afters) {
+        for (inv, after) in inverse.iter().zip(&afters) {
             if !confirms(inv.op) {
                 continue;
             }
@@ -172,9 +172,9 @@ impl<T: Record> HistoryLog<T> {
             }
         }
 
-        let recorded_count = plan.inverse.iter().filter(|inv| recorded(inv.op)).count();
+        let recorded_count = inverse.iter().filter(|inv| recorded(inv.op)).count();
         let mut groups: Vec<Action<T>> = Vec::new();
-        for (inv, after) in plan.inverse.iter().zip(&afters) {
+        for (inv, after) in inverse.iter().zip(&afters) {
             if !recorded(inv.op) {
                 continue;
             }
@@ -410,13 +410,12 @@ impl<T: Record> History<'_, '_, T> {
 }
 
 /// The record each inverse entry's operation left (`None`: absent), aligned with
-/// `plan.inverse`: the state before the next operation on the same record, else the commit's
+/// `inverse`: the state before the next operation on the same record, else the commit's
 /// final state.
-fn after_states<T: Record>(plan: &Plan<T>) -> Vec<Option<&Arc<T>>> {
+fn after_states<'p, T: Record>(changes: &'p [Change<T>], inverse: &'p [Inverse<T>]) -> Vec<Option<&'p Arc<T>>> {
     let mut next: IdMap<&T::Id, Option<&Arc<T>>> =
-        plan.changes.iter().map(|(id, e)| (id, e.as_ref().map(|e| &e.record))).collect();
-    let mut out: Vec<Option<&Arc<T>>> = plan
-        .inverse
+        changes.iter().map(|(id, e)| (id, e.as_ref().map(|e| &e.record))).collect();
+    let mut out: Vec<Option<&Arc<T>>> = inverse
         .iter()
         .rev()
         .map(|inv| {
@@ -471,7 +470,7 @@ mod tests {
         let metas: Vec<OpMeta> = ops.iter().map(|(_, m)| m.clone()).collect();
         let plan = reduce(table, ops, Versions::Client, None);
         let ok: Vec<bool> = plan.results.iter().map(Result::is_ok).collect();
-        log.record(&plan, &metas, &ok);
+        log.record(&plan.changes, &plan.inverse, &metas, &ok);
         table.apply(plan.changes);
     }
 
@@ -511,7 +510,8 @@ mod tests {
             (Op::Delete { id: 2, base_version: None }, meta(Origin::User, "k4")),
         ];
         let plan = reduce(&table, ops, Versions::Client, None);
-        let names: Vec<Option<&str>> = after_states(&plan).iter().map(|t| t.map(|t| t.name.as_str())).collect();
+        let names: Vec<Option<&str>> =
+            after_states(&plan.changes, &plan.inverse).iter().map(|t| t.map(|t| t.name.as_str())).collect();
         assert_eq!(names, vec![Some("a"), Some("x"), Some("b"), None]);
     }
 }

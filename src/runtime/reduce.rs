@@ -716,71 +716,97 @@ pub(crate) fn reduce_store<T: Record>(
     }
 
     let segments: Vec<usize> = plan.segments.iter().map(|s| s.ops.len()).collect();
-    if state.history_enabled {
-        history.record(&plan, &op_meta, &ok_ops);
-    }
     let crate::core::Plan { changes, changed_indexes, inverse, entries, .. } = plan;
 
     // Entries to persist, through their routes; non-optimistic routes apply on confirmation.
     let mut deferred: IdSet<T::Id> = IdSet::default();
-    // Each write's inverse patches (the plan keeps both lists in op order).
-    let mut inverse = inverse.into_iter().peekable();
-    // The route's name, once per route for the frame's flights.
-    let mut route_names: Vec<std::sync::Arc<str>> = Vec::new();
-    state.busy.reserve(entries.len());
-    for e in entries {
-        // A write makes one inverse patch (its record's state before it).
-        let mut inverse_of = None;
-        while let Some(inv) = inverse.next_if(|i| i.op <= e.op) {
-            if inv.op == e.op {
-                inverse_of = Some(inv);
-            }
-        }
-        let Some(ticket) = op_tickets[e.op] else { continue };
-        let Ok((route_name, route)) = resolve(e.meta.route.as_deref()) else { continue };
-        if !route.policy.optimistic {
+    for e in &entries {
+        if op_tickets[e.op].is_some()
+            && let Ok((_, route)) = resolve(e.meta.route.as_deref())
+            && !route.policy.optimistic
+        {
             deferred.insert(e.id.clone());
         }
-        let id = e.id.clone();
-        let flight = Flight {
-            ticket,
-            id: id.clone(),
-            route: match route_names.iter().find(|r| r.as_ref() == route_name) {
-                Some(r) => r.clone(),
-                None => {
-                    route_names.push(route_name.into());
-                    route_names[route_names.len() - 1].clone()
-                }
-            },
-            optimistic: route.policy.optimistic,
-            loose: e.base_version.is_none() && e.action == WriteAction::Update,
-            inverse: inverse_of,
-            write: e,
-        };
-        // A record with a write in flight (or held) holds this one behind it: one map lookup
-        // for the common case of a record with nothing in flight.
-        let held = !state.held.is_empty() && state.held.contains_key(&id);
-        let n = if held { None } else { Some(state.busy.entry(id).or_default()) };
-        match n {
-            Some(n) if *n == 0 => {
-                *n = 1;
-                to_send.push(flight);
-            }
-            _ => state.held.entry(flight.id.clone()).or_default().push_back(flight),
-        }
     }
-    send(state, &routes, &mut outgoing, to_send);
-
-    let changes: Vec<_> = if deferred.is_empty() {
-        changes.into_iter().zip(changed_indexes).collect()
+    let (changes, hints): (Vec<_>, Vec<_>) = if deferred.is_empty() {
+        (changes, changed_indexes)
     } else {
-        changes.into_iter().zip(changed_indexes).filter(|((id, _), _)| !deferred.contains(id)).collect()
+        changes.into_iter().zip(changed_indexes).filter(|((id, _), _)| !deferred.contains(id)).unzip()
     };
-    let mut changed: Vec<T::Id> = changes.iter().map(|((id, _), _)| id.clone()).collect();
-    let bumped = store.bypass_change_detection().table.set_versions(version_only, &mut changed);
-    if !changes.is_empty() || bumped > 0 {
+    let mut changed: Vec<T::Id> = changes.iter().map(|(id, _)| id.clone()).collect();
+
+    // The commit. A large one runs on a helper thread while this one records history and
+    // sends the frame's writes (they touch different state): the second core would otherwise
+    // idle meanwhile. History reads the records the commit takes: it gets its own handles.
+    let overlap = changed.len() >= OVERLAP_MIN;
+    if state.history_enabled && !overlap {
+        history.record(&changes, &inverse, &op_meta, &ok_ops);
+    }
+    let recorded = if state.history_enabled && overlap { changes.clone() } else { Vec::new() };
+    let store_ref = store.bypass_change_detection();
+    let changed_ref = &mut changed;
+    let commit = move || {
+        let bumped = store_ref.table.set_versions(version_only, changed_ref);
+        let mut old = Vec::new();
+        let applied = !changes.is_empty() || bumped > 0;
+        if applied {
+            store_ref.table.apply_hinted(changes.into_iter().zip(hints), &mut old);
+        }
+        (applied, old)
+    };
+    let sends = || {
+        if !recorded.is_empty() {
+            history.record(&recorded, &inverse, &op_meta, &ok_ops);
+        }
+        // Each write's inverse patches (the plan keeps both lists in op order).
+        let mut inverse = inverse.into_iter().peekable();
+        // The route's name, once per route for the frame's flights.
+        let mut route_names: Vec<std::sync::Arc<str>> = Vec::new();
+        state.busy.reserve(entries.len());
+        for e in entries {
+            // A write makes one inverse patch (its record's state before it).
+            let mut inverse_of = None;
+            while let Some(inv) = inverse.next_if(|i| i.op <= e.op) {
+                if inv.op == e.op {
+                    inverse_of = Some(inv);
+                }
+            }
+            let Some(ticket) = op_tickets[e.op] else { continue };
+            let Ok((route_name, route)) = resolve(e.meta.route.as_deref()) else { continue };
+            let id = e.id.clone();
+            let flight = Flight {
+                ticket,
+                id: id.clone(),
+                route: match route_names.iter().find(|r| r.as_ref() == route_name) {
+                    Some(r) => r.clone(),
+                    None => {
+                        route_names.push(route_name.into());
+                        route_names[route_names.len() - 1].clone()
+                    }
+                },
+                optimistic: route.policy.optimistic,
+                loose: e.base_version.is_none() && e.action == WriteAction::Update,
+                inverse: inverse_of,
+                write: e,
+            };
+            // A record with a write in flight (or held) holds this one behind it: one map lookup
+            // for the common case of a record with nothing in flight.
+            let held = !state.held.is_empty() && state.held.contains_key(&id);
+            let n = if held { None } else { Some(state.busy.entry(id).or_default()) };
+            match n {
+                Some(n) if *n == 0 => {
+                    *n = 1;
+                    to_send.push(flight);
+                }
+                _ => state.held.entry(flight.id.clone()).or_default().push_back(flight),
+            }
+        }
+        send(state, &routes, &mut outgoing, to_send);
+    };
+    let ((applied, old), ()) = crate::core::beside(overlap, "atoma-commit", commit, sends);
+    leftovers.entries = old;
+    if applied {
         let store = &mut *store;
-        store.table.apply_hinted(changes, &mut leftovers.entries);
         store.revision += 1;
         let m = metrics.entry(name);
         m.commits += 1;
@@ -799,6 +825,9 @@ pub(crate) fn reduce_store<T: Record>(
     publish_reads(&mut read_done, reads_done, &mut local);
     metrics.entry(name).in_flight = state.in_flight_count();
 }
+
+/// From this many changes, a commit runs beside the sending of the frame's writes.
+const OVERLAP_MIN: usize = if cfg!(debug_assertions) { 16 } else { 2048 };
 
 /// Takes out of `ops` the writebacks that carry no record, of records no other op touches.
 fn take_version_only<T: Record>(
