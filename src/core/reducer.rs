@@ -675,7 +675,12 @@ impl<R: Keyed + Serialize + DeserializeOwned> Reducer<'_, R> {
                 Ok(Applied { id: Some(id), version: Some(version) })
             }
             Op::Update { id, base_version, with } => {
-                let Some(cur) = self.current(&id, at) else { return Err(WriteError::NotFound(id)) };
+                // An update computed ahead is the only op on its record: not in the overlay.
+                let cur = match ready {
+                    Some(_) => at.and_then(|s| self.table.slot(s)),
+                    None => self.current(&id, at),
+                };
+                let Some(cur) = cur else { return Err(WriteError::NotFound(id)) };
                 self.check_base(&id, base_version, cur, true)?;
                 let base = base_version.or(confirmed(Some(cur)));
                 if let Some(Ready { next, mask }) = ready {
