@@ -4,7 +4,7 @@ mod common;
 
 use atoma::io::MemoryExecutor;
 use atoma::prelude::*;
-use atoma::runtime::{HistoryError, HistoryStep, Route};
+use atoma::runtime::{HistoryError, HistoryStep, Route, RoutePolicy};
 use bevy_app::App;
 use bevy_ecs::system::RunSystemOnce;
 use common::*;
@@ -157,6 +157,38 @@ fn a_large_frame_undoes_and_redoes_exactly() {
     step(&mut app, |h| h.redo());
     assert_eq!(records(&app), after);
     assert_eq!(records(&on(&disk)), after);
+}
+
+#[test]
+fn writes_through_a_route_that_is_not_optimistic_undo_exactly() {
+    // One record, and a frame large enough for the commit's helper thread (16 in debug);
+    // an executor that answers with its copy, and one that stores what it is sent.
+    let confirmed = RoutePolicy { optimistic: false, ..RoutePolicy::default() };
+    for (n, policy) in
+        [(1u32, confirmed), (40, confirmed), (1, confirmed.stores_as_sent()), (40, confirmed.stores_as_sent())]
+    {
+        let disk = MemoryExecutor::new();
+        let route = Route::new(disk.clone()).with_policy(policy);
+        let mut app = app(AtomaPlugin::in_memory().route("disk", route), |app| {
+            app.add_store::<Player>(StoreConfig::default().route("disk"));
+        });
+        write(&mut app, move |w| {
+            w.create_many((0..n).map(|i| player(i, &format!("p{i}"), i64::from(i))));
+        });
+        let before = records(&app);
+        assert_eq!(before.len(), n as usize);
+        write(&mut app, move |w| {
+            for i in 0..n {
+                w.update(i, |p| p.level += 100);
+            }
+        });
+        let after = records(&app);
+        assert!(after.iter().all(|p| p.level >= 100), "{n}: applied on confirmation");
+        step(&mut app, |h| h.undo());
+        assert_eq!(records(&app), before, "{n} writes");
+        step(&mut app, |h| h.redo());
+        assert_eq!(records(&app), after, "{n} writes");
+    }
 }
 
 #[test]

@@ -717,6 +717,14 @@ pub(crate) fn reduce_store<T: Record>(
 
     let segments: Vec<usize> = plan.segments.iter().map(|s| s.ops.len()).collect();
     let crate::core::Plan { changes, changed_indexes, inverse, entries, .. } = plan;
+    // A large commit runs on a helper thread while this one records history and sends the
+    // frame's writes (they touch different state): the second core would otherwise idle
+    // meanwhile. History reads the records the commit takes: it gets its own handles.
+    let overlap = changes.len() >= OVERLAP_MIN;
+    if state.history_enabled && !overlap {
+        history.record(&changes, &inverse, &op_meta, &ok_ops);
+    }
+    let recorded = if state.history_enabled && overlap { changes.clone() } else { Vec::new() };
 
     // Entries to persist, through their routes; non-optimistic routes apply on confirmation.
     let mut deferred: IdSet<T::Id> = IdSet::default();
@@ -735,14 +743,7 @@ pub(crate) fn reduce_store<T: Record>(
     };
     let mut changed: Vec<T::Id> = changes.iter().map(|(id, _)| id.clone()).collect();
 
-    // The commit. A large one runs on a helper thread while this one records history and
-    // sends the frame's writes (they touch different state): the second core would otherwise
-    // idle meanwhile. History reads the records the commit takes: it gets its own handles.
-    let overlap = changed.len() >= OVERLAP_MIN;
-    if state.history_enabled && !overlap {
-        history.record(&changes, &inverse, &op_meta, &ok_ops);
-    }
-    let recorded = if state.history_enabled && overlap { changes.clone() } else { Vec::new() };
+    // The commit, beside history and the sends when large.
     let store_ref = store.bypass_change_detection();
     let changed_ref = &mut changed;
     let commit = move || {
