@@ -805,7 +805,7 @@ pub(crate) fn reduce_store<T: Record>(
         send(state, &routes, &mut outgoing, to_send);
     };
     let ((applied, old), ()) = crate::core::beside(overlap, "atoma-commit", commit, sends);
-    leftovers.entries = old;
+    leftovers.entries.extend(old);
     if applied {
         let store = &mut *store;
         store.revision += 1;
@@ -827,7 +827,7 @@ pub(crate) fn reduce_store<T: Record>(
     metrics.entry(name).in_flight = state.in_flight_count();
 }
 
-/// From this many changes, a commit runs beside the sending of the frame's writes.
+/// From this many changes, a commit runs on a helper thread beside history and the sends.
 const OVERLAP_MIN: usize = if cfg!(debug_assertions) { 16 } else { 2048 };
 
 /// Takes out of `ops` the writebacks that carry no record, of records no other op touches.
