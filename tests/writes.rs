@@ -140,8 +140,12 @@ fn a_route_that_is_not_optimistic_applies_writes_on_confirmation() {
         for i in 0..n {
             assert_eq!(store(&app).entry(&i).map(|e| (e.record.level, e.version)), Some((i64::from(i), 1)));
         }
-        let remote_view = remote_app(remote, RoutePolicy::default());
-        assert!(store(&remote_view).is_empty(), "a remote route loads nothing: the check above saw the acks");
+        // The executor holds them too: an app whose route loads from it at start sees them.
+        let route = Route::new(remote.0.clone());
+        let executor_view = common::app(AtomaPlugin::in_memory().route("remote", route), |a| {
+            a.add_store::<Player>(StoreConfig::default().route("remote"));
+        });
+        assert_eq!(store(&executor_view).len(), n as usize, "{n} writes reached the executor");
     }
 }
 
