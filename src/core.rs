@@ -12,6 +12,8 @@ mod table;
 mod value;
 
 pub use fields::{FieldList, Fields, JsonRecord, JsonRecordError, Keyed, Record, RecordId, ToValue};
+#[doc(hidden)]
+pub use fields::{Warm, WarmHeap, WarmNothing};
 pub use index::{IndexKind, IndexSpec};
 pub use patch::{PatchError, PatchOp, apply_patch};
 pub use planner::{Access, Explain, IndexUse, QueryPage};

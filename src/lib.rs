@@ -28,5 +28,5 @@ pub use atoma_derive::{FieldValue, Fields, Record};
 /// Items the derive macros refer to. Not part of the public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::core::{FieldList, Fields, Keyed, Record, ToValue, Value};
+    pub use crate::core::{FieldList, Fields, Keyed, Record, ToValue, Value, Warm, WarmHeap, WarmNothing};
 }

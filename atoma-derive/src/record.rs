@@ -127,7 +127,7 @@ pub(crate) fn expand(input: &DeriveInput, derive: Derive) -> syn::Result<TokenSt
             Some(store) => store.clone(),
             None => LitStr::new(&rename::snake_case(&input.ident.unraw().to_string()), input.ident.span()),
         };
-        out.extend(record_impls(input, &generics, &fields[id], &store, &container.bound, &visible));
+        out.extend(record_impls(input, &generics, &fields, id, &store, &container.bound, &visible));
     }
     Ok(out)
 }
@@ -229,7 +229,8 @@ fn fields_impls(input: &DeriveInput, generics: &Generics, visible: &[&FieldInfo]
 fn record_impls(
     input: &DeriveInput,
     generics: &Generics,
-    id: &FieldInfo,
+    fields: &[FieldInfo],
+    id: usize,
     store: &LitStr,
     bound: &[WherePredicate],
     visible: &[&FieldInfo],
@@ -246,7 +247,10 @@ fn record_impls(
     let mut record_generics = generics.clone();
     record_generics.make_where_clause().predicates.extend(bound.iter().cloned());
     let (record_impl_generics, record_ty_generics, record_where_clause) = record_generics.split_for_impl();
+    let id = &fields[id];
     let id_ident = id.ident;
+    // Every field is copied by a clone, skipped ones too.
+    let all = fields.iter().map(|f| f.ident);
     let id_ty = &id.field.ty;
     let id_name = &id.name;
     let names = visible.iter().map(|f| &f.name);
@@ -256,6 +260,11 @@ fn record_impls(
             const ID_FIELD: &'static str = #id_name;
             fn id(&self) -> &Self::Id {
                 &self.#id_ident
+            }
+            #[inline]
+            fn warm(&self) {
+                use ::atoma::__private::{WarmHeap as _, WarmNothing as _};
+                #( (&::atoma::__private::Warm(&self.#all)).warm(); )*
             }
         }
 

@@ -210,6 +210,70 @@ pub trait Keyed: Fields + Clone + Send + Sync + 'static {
     const ID_FIELD: &'static str = "id";
     /// The id of this record.
     fn id(&self) -> &Self::Id;
+
+    /// Asks the processor to start loading the heap buffers a clone of this record reads
+    /// (its strings and lists). A large frame calls it a few writes ahead of each copy, so
+    /// that the copy does not wait on memory. A hint only: it never changes a result.
+    ///
+    /// `#[derive(Record)]` implements it for fields of type `String`, `Vec<_>`, `Box<str>`
+    /// and `Option<String>`; the default does nothing.
+    #[inline]
+    fn warm(&self) {}
+}
+
+/// What `#[derive(Record)]` calls on each field for [`Keyed::warm`]: a field whose type has a
+/// heap buffer implements [`WarmHeap`]; every other type falls back to [`WarmNothing`] (by
+/// auto-ref: the first applies where it exists).
+#[doc(hidden)]
+pub struct Warm<'a, T: ?Sized>(pub &'a T);
+
+/// Prefetches a field's heap buffer (see [`Warm`]).
+#[doc(hidden)]
+pub trait WarmHeap {
+    /// The hint.
+    fn warm(&self);
+}
+
+/// The fallback of [`WarmHeap`]: no buffer, no hint.
+#[doc(hidden)]
+pub trait WarmNothing {
+    /// Nothing.
+    #[inline(always)]
+    fn warm(&self) {}
+}
+
+impl<T: ?Sized> WarmNothing for &Warm<'_, T> {}
+
+impl WarmHeap for Warm<'_, String> {
+    #[inline(always)]
+    fn warm(&self) {
+        super::table::prefetch_bytes(self.0.as_bytes());
+    }
+}
+
+impl WarmHeap for Warm<'_, Box<str>> {
+    #[inline(always)]
+    fn warm(&self) {
+        super::table::prefetch_bytes(self.0.as_bytes());
+    }
+}
+
+impl WarmHeap for Warm<'_, Option<String>> {
+    #[inline(always)]
+    fn warm(&self) {
+        if let Some(s) = self.0 {
+            super::table::prefetch_bytes(s.as_bytes());
+        }
+    }
+}
+
+impl<T> WarmHeap for Warm<'_, Vec<T>> {
+    #[inline(always)]
+    fn warm(&self) {
+        if !self.0.is_empty() {
+            super::table::prefetch(self.0.as_ptr());
+        }
+    }
 }
 
 /// A typed record: a [`Keyed`] value with a store name and serde for disk and wire.

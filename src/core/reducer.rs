@@ -469,6 +469,9 @@ fn run_ahead<R: Keyed>(table: &Table<R>, chunks: &[Mutex<Chunk<'_, R>>], shared:
             if let Some(&Some(s)) = c.at.get(j + WARM_RECORDS) {
                 prefetch_record(table.slot(s));
             }
+            if let Some(&Some(s)) = c.at.get(j + WARM_HEAP) {
+                table.slot(s).inspect(|e| e.record.warm());
+            }
             out.push(ready(table, op, c.at[j], shared, versions));
         }
         c.ready = Some(out);
@@ -538,6 +541,9 @@ fn from_map<R: DeserializeOwned>(m: Map<String, Json>) -> Result<R, String> {
 const WARM_SLOTS: usize = 32;
 /// How many ops ahead it prefetches the record in that slot (by then the slot is cached).
 const WARM_RECORDS: usize = 12;
+/// How many ops ahead it prefetches the record's heap buffers ([`Keyed::warm`]: by then the
+/// record is cached).
+const WARM_HEAP: usize = 6;
 
 impl<R: Keyed + Serialize + DeserializeOwned> Reducer<'_, R> {
     /// The record as the ops so far left it; `at` is its slot in the table, if it has one.
@@ -548,14 +554,18 @@ impl<R: Keyed + Serialize + DeserializeOwned> Reducer<'_, R> {
         }
     }
 
-    /// Prefetches the slot of op `i + WARM_SLOTS` and the record of op `i + WARM_RECORDS`
-    /// (whose slot was prefetched earlier): by their turn, neither waits on memory.
+    /// Prefetches the slot of op `i + WARM_SLOTS`, the record of op `i + WARM_RECORDS` (whose
+    /// slot was prefetched earlier) and the heap buffers of op `i + WARM_HEAP`'s record: by
+    /// their turn, none waits on memory.
     fn warm(&self, at: &[Option<u32>], i: usize) {
         if let Some(&Some(s)) = at.get(i + WARM_SLOTS) {
             prefetch(self.table.slots.as_ptr().wrapping_add(s as usize));
         }
         if let Some(&Some(s)) = at.get(i + WARM_RECORDS) {
             prefetch_record(self.table.slot(s));
+        }
+        if let Some(&Some(s)) = at.get(i + WARM_HEAP) {
+            self.table.slot(s).inspect(|e| e.record.warm());
         }
     }
 

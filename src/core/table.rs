@@ -41,6 +41,14 @@ pub(crate) fn prefetch<T>(p: *const T) {
     let _ = p;
 }
 
+/// Prefetches the first cache line of a heap buffer (nothing when it is empty).
+#[inline(always)]
+pub(crate) fn prefetch_bytes(b: &[u8]) {
+    if !b.is_empty() {
+        prefetch(b.as_ptr());
+    }
+}
+
 /// Prefetches a record (its first two cache lines: the fields a key or a clone reads first).
 #[inline(always)]
 pub(crate) fn prefetch_record<R>(e: Option<&Entry<R>>) {
