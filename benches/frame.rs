@@ -45,6 +45,9 @@ use bevy_ecs::prelude::*;
 use bevy_ecs::schedule::{Schedules, SingleThreadedExecutor};
 use criterion::{Criterion, SamplingMode, Throughput};
 
+#[path = "frame/floor.rs"]
+mod floor;
+
 // ---------------------------------------------------------------------------------------
 // Records, sizes, data
 // ---------------------------------------------------------------------------------------
@@ -867,6 +870,24 @@ fn summary_a(w: &mut String, sizes: &Sizes) {
             fmt_dur(rest)
         );
     }
+    let (one, two) = floor::measure(sizes.records, sizes.batch, 15);
+    let _ = writeln!(
+        w,
+        "floor (the same updates and index merges as a bare loop, no bookkeeping; benches/frame/floor.rs; median of 15): one thread {}, two threads {}",
+        fmt_dur(one),
+        fmt_dur(two)
+    );
+    let target = Duration::from_millis(3);
+    let room = if two >= target {
+        format!("the bare loop alone takes {} longer than the 3 ms target", fmt_dur(two - target))
+    } else {
+        format!("the 3 ms target leaves {} for everything else", fmt_dur(target - two))
+    };
+    let _ = writeln!(
+        w,
+        "  batched frame / two-thread floor: {:.1}x; {room}",
+        batched.as_secs_f64() / two.as_secs_f64().max(1e-9)
+    );
 }
 
 fn summary_b(w: &mut String, sizes: &Sizes) {
