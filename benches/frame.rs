@@ -21,7 +21,9 @@
 //!
 //! Criterion groups: `a_write_frame`, `b_idle_frame`, `c_local_durable`. After criterion, the
 //! bench times everything again with `Instant` (medians) and prints a plain summary with the
-//! ratios and targets, and a phase breakdown of the batched frame.
+//! ratios and targets, a phase breakdown of the batched frame, and part (a)'s floor: the same
+//! updates and index merges as a bare loop with no bookkeeping, on one and two threads
+//! (`frame/floor.rs`).
 //!
 //! Environment: `ATOMA_BENCH_QUICK=1` shrinks every size for a smoke run;
 //! `ATOMA_BENCH_PARTS=a,c` runs only some parts (criterion and summary alike; for profiling);
