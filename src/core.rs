@@ -2,6 +2,7 @@
 //! reducer, relations. No Bevy, no IO, no async: the server reuses all of it.
 
 mod fields;
+mod helpers;
 mod index;
 mod patch;
 mod planner;
@@ -14,6 +15,7 @@ mod value;
 pub use fields::{FieldList, Fields, JsonRecord, JsonRecordError, Keyed, Record, RecordId, ToValue};
 #[doc(hidden)]
 pub use fields::{Warm, WarmHeap, WarmNothing};
+pub(crate) use helpers::beside;
 pub use index::{IndexKind, IndexSpec};
 pub use patch::{PatchError, PatchOp, apply_patch};
 pub use planner::{Access, Explain, IndexUse, QueryPage};
@@ -23,6 +25,5 @@ pub use reducer::{
     WriteAction, WriteEntry, WriteError, reduce,
 };
 pub use relation::{Include, Included, Relation, RelationKind, include};
-pub(crate) use table::beside;
 pub use table::{Change, Entry, IdMap, IdSet, Table};
 pub use value::{Key, Value};

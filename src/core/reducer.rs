@@ -14,8 +14,9 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value as Json};
 
 use crate::core::fields::Keyed;
+use crate::core::helpers::{fork, parallelism};
 use crate::core::patch::{PatchOp, apply_patch};
-use crate::core::table::{Change, Entry, IdMap, Table, parallelism, prefetch, prefetch_record};
+use crate::core::table::{Change, Entry, IdMap, Table, prefetch, prefetch_record};
 
 /// Where a write came from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
@@ -376,11 +377,9 @@ where
             .zip(at.chunks(AHEAD_CHUNK))
             .map(|(ops, at)| Mutex::new(Chunk { ops, at, ready: None, claimed: false }))
             .collect();
-        std::thread::scope(|scope| {
-            // If the thread cannot start, this one computes every update in its turn.
-            let _ = std::thread::Builder::new()
-                .name("atoma-reduce".into())
-                .spawn_scoped(scope, || run_ahead(table, &chunks, &shared, versions));
+        // If no helper takes it in time, this thread computes every update in its turn.
+        let ahead = || run_ahead(table, &chunks, &shared, versions);
+        fork(1, ahead, || {
             let mut i = 0;
             for chunk in &chunks {
                 // Waits only while the other thread is inside this chunk.

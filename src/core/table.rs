@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::core::fields::Keyed;
+use crate::core::helpers::{fork, parallelism};
 use crate::core::index::{FieldIndex, IndexSpec, OrderedBatch};
 
 /// A map keyed by record ids (foldhash: ids are hashed on every write).
@@ -59,42 +60,6 @@ pub(crate) fn prefetch_record<R>(e: Option<&Entry<R>>) {
             prefetch(p.wrapping_byte_add(64));
         }
     }
-}
-
-/// How many threads a commit's index updates (and a large frame's reducer) may use.
-pub(crate) fn parallelism() -> usize {
-    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *N.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from))
-}
-
-/// Runs `a` on a scoped helper thread (named `name`) while this thread runs `b`, when
-/// `parallel` and a thread can start; otherwise one after the other on this thread. A panic
-/// in `a` is raised again here, as it would have been had `a` run here.
-pub(crate) fn beside<A, B>(parallel: bool, name: &str, a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B) -> (A, B)
-where
-    A: Send,
-{
-    // The helper takes `a` from here; if it never started, this thread runs it.
-    let slot = std::sync::Mutex::new(Some(a));
-    let take = || slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-    std::thread::scope(|scope| {
-        let helper = if parallel && parallelism() >= 2 {
-            std::thread::Builder::new().name(name.into()).spawn_scoped(scope, || take().map(|a| a())).ok()
-        } else {
-            None
-        };
-        let rb = b();
-        let ra = match helper.map(|h| h.join()) {
-            Some(Ok(ra)) => ra,
-            Some(Err(panic)) => std::panic::resume_unwind(panic),
-            None => None,
-        };
-        match ra.or_else(|| take().map(|a| a())) {
-            Some(ra) => (ra, rb),
-            // `a` is taken once, by the helper or by this thread.
-            None => unreachable!("the helper ran `a` and returned nothing"),
-        }
-    })
 }
 
 /// A set of slots (a bit per slot), cleared by what was set.
@@ -451,12 +416,7 @@ impl<R: Keyed> Table<R> {
             let Some(index) = queue.lock().unwrap_or_else(|p| p.into_inner()).next() else { break };
             update(index);
         };
-        std::thread::scope(|scope| {
-            for _ in 1..workers {
-                let _ = std::thread::Builder::new().name("atoma-index".into()).spawn_scoped(scope, work);
-            }
-            work();
-        });
+        fork(workers - 1, work, work);
         // 3. Deleted records leave their slots.
         let n = edits.len();
         for (slot, prev, present, _) in edits {

@@ -804,7 +804,7 @@ pub(crate) fn reduce_store<T: Record>(
         }
         send(state, &routes, &mut outgoing, to_send);
     };
-    let ((applied, old), ()) = crate::core::beside(overlap, "atoma-commit", commit, sends);
+    let ((applied, old), ()) = crate::core::beside(overlap, commit, sends);
     leftovers.entries.extend(old);
     if applied {
         let store = &mut *store;
