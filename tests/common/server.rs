@@ -52,10 +52,35 @@ impl Drop for TestServer {
     }
 }
 
-/// A fresh temp folder.
+/// A fresh temp folder, named after the test process. The folders of earlier test processes
+/// that are gone are removed on the first call (where `/proc` tells which processes live), so
+/// runs do not pile up data files in the temp folder; a live process's folders are left alone.
 pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(sweep_dead_runs);
     let d = std::env::temp_dir().join(format!("atoma-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("temp dir");
     d
+}
+
+/// Removes the `atoma-*-{pid}` folders and `atoma-*-{pid}.redb` files (the crate's unit tests
+/// make those) whose process no longer runs.
+fn sweep_dead_runs() {
+    let proc = std::path::Path::new("/proc");
+    let (true, Ok(entries)) = (proc.join("self").exists(), std::fs::read_dir(std::env::temp_dir())) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("atoma-")) else { continue };
+        let rest = rest.strip_suffix(".redb").unwrap_or(rest);
+        let Some(pid) = rest.rsplit('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if pid == std::process::id() || proc.join(pid.to_string()).exists() {
+            continue;
+        }
+        let _ = if entry.path().is_dir() {
+            std::fs::remove_dir_all(entry.path())
+        } else {
+            std::fs::remove_file(entry.path())
+        };
+    }
 }
